@@ -1,0 +1,40 @@
+"""Exceptions raised by nestrank.
+
+Every error about user input names *what* is wrong, *where* (file and line when there is
+one) and, when we can tell, *how to fix it*.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class NestrankError(Exception):
+    """Base class of all nestrank errors."""
+
+
+class DataFormatError(NestrankError, ValueError):
+    """A data file is malformed: names the file, the 1-based line and the fix."""
+
+    def __init__(
+        self,
+        path: str | Path | None,
+        line: int | None,
+        problem: str,
+        fix: str | None = None,
+    ) -> None:
+        self.path = None if path is None else str(path)
+        self.line = line
+        self.problem = problem
+        self.fix = fix
+        where = self.path or "<input>"
+        if line is not None:
+            where = f"{where}:{line}"
+        message = f"{where}: {problem}"
+        if fix:
+            message += f" (fix: {fix})"
+        super().__init__(message)
+
+
+class ConfigError(NestrankError, ValueError):
+    """A configuration value or string is invalid."""
