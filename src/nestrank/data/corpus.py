@@ -15,6 +15,7 @@ Supported files (picked by suffix, or by ``fmt=``):
 from __future__ import annotations
 
 import json
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,10 +24,12 @@ from typing import Literal
 import numpy as np
 
 from nestrank.errors import DataFormatError
+from nestrank.files import atomic_write
 
 ID_KEYS = ("_id", "id", "docid", "doc_id")
 TEXT_KEYS = ("text", "contents")
 OnEmpty = Literal["error", "skip"]
+CORPUS_FORMATS = ("jsonl", "tsv")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,31 +57,60 @@ def detect_format(path: Path) -> str:
                           "name it .jsonl or .tsv, or pass the format explicitly")
 
 
+def decode_line(raw: bytes, path: Path | str | None, line_no: int) -> str:
+    """Decode one raw line as UTF-8 (a BOM on line 1 is dropped), without its line ending.
+
+    Raises :class:`DataFormatError` naming the file and line when the bytes are not UTF-8.
+    """
+    try:
+        line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(path, line_no, f"not valid UTF-8 ({exc.reason} at byte {exc.start})",
+                              "re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
+    return line.rstrip("\r\n")
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for every non-blank line of a UTF-8 file, streaming."""
+    with path.open("rb") as handle:
+        for line_no, raw in enumerate(handle, 1):
+            line = decode_line(raw, path, line_no)
+            if line.strip():
+                yield line_no, line
+
+
+def parse_json_object(line: str, path: Path | str | None, line_no: int) -> dict:
+    """Parse one JSONL line that must hold a JSON object. Raises :class:`DataFormatError`."""
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(path, line_no, f"bad JSON ({exc.msg} at column {exc.colno})",
+                              "write one complete JSON object per line") from None
+    if not isinstance(obj, dict):
+        raise DataFormatError(path, line_no, f"expected a JSON object per line, got {type(obj).__name__}",
+                              "write one JSON object ({...}) per line")
+    return obj
+
+
 def parse_document(raw: bytes, fmt: str, path: Path | str | None, line_no: int) -> Document | None:
     """Parse one corpus line; ``None`` for a blank line. Raises :class:`DataFormatError`."""
-    try:
-        line = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataFormatError(path, line_no, f"not valid UTF-8 ({exc.reason})", "re-encode the file as UTF-8") from None
-    line = line.rstrip("\r\n")
+    line = decode_line(raw, path, line_no)
     if not line.strip():
         return None
     if fmt == "jsonl":
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(path, line_no, f"bad JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataFormatError(path, line_no, "expected a JSON object per line")
+        obj = parse_json_object(line, path, line_no)
         doc_id = next((obj[k] for k in ID_KEYS if k in obj), None)
-        if doc_id is None:
-            raise DataFormatError(path, line_no, f"missing document id (one of {', '.join(ID_KEYS)})")
+        if not isinstance(doc_id, str | int) or isinstance(doc_id, bool):
+            raise DataFormatError(path, line_no, f"missing or non-string document id (one of {', '.join(ID_KEYS)})",
+                                  'give every line an id, e.g. {"_id": "d1", "title": "", "text": "..."}')
         text = next((obj[k] for k in TEXT_KEYS if k in obj), None)
         if text is None:
-            raise DataFormatError(path, line_no, f"document {doc_id!r} has no 'text' field")
+            raise DataFormatError(path, line_no, f"document {doc_id!r} has no 'text' field",
+                                  "add a 'text' (or 'contents') field")
         title = obj.get("title") or ""
         if not isinstance(text, str) or not isinstance(title, str):
-            raise DataFormatError(path, line_no, f"document {doc_id!r}: title and text must be strings")
+            raise DataFormatError(path, line_no, f"document {doc_id!r}: title and text must be strings",
+                                  "store title and text as JSON strings")
         return Document(str(doc_id), text, title)
     if fmt == "tsv":
         parts = line.split("\t")
@@ -88,7 +120,40 @@ def parse_document(raw: bytes, fmt: str, path: Path | str | None, line_no: int) 
             return Document(parts[0], parts[2], parts[1])
         raise DataFormatError(path, line_no, f"expected 2 or 3 tab-separated columns, got {len(parts)}",
                               "use 'id<TAB>text' or 'id<TAB>title<TAB>text' and no tabs inside text")
-    raise ValueError(f"unknown corpus format {fmt!r}")
+    raise DataFormatError(path, None, f"unknown corpus format {fmt!r}", f"use one of: {', '.join(CORPUS_FORMATS)}")
+
+
+_CELL_BREAKS = str.maketrans({"\t": " ", "\r": " ", "\n": " "})
+
+
+def one_line(text: str) -> str:
+    """Replace tabs and line breaks by spaces, so the text fits one TSV cell (other text is kept)."""
+    return text.translate(_CELL_BREAKS)
+
+
+def write_corpus(path: str | Path, docs: Iterable[Document], fmt: str | None = None) -> int:
+    """Write documents as JSONL (``_id``/``title``/``text``) or TSV, atomically; returns the count.
+
+    TSV rows are ``id<TAB>text``, or ``id<TAB>title<TAB>text`` for documents with a title;
+    tabs and newlines inside text become spaces.
+    """
+    path = Path(path)
+    fmt = fmt or detect_format(path)
+    if fmt not in CORPUS_FORMATS:
+        raise DataFormatError(path, None, f"unknown corpus format {fmt!r}", f"use one of: {', '.join(CORPUS_FORMATS)}")
+    count = 0
+    with atomic_write(path) as handle:
+        for doc in docs:
+            if fmt == "jsonl":
+                handle.write(json.dumps({"_id": doc.id, "title": doc.title, "text": doc.text}, ensure_ascii=False) + "\n")
+            else:
+                if not doc.id or any(c in doc.id for c in "\t\r\n"):
+                    raise DataFormatError(path, None, f"cannot write document id {doc.id!r} to TSV (empty, or has "
+                                          "a tab or newline)", "write JSONL instead, or fix the id")
+                cells = [doc.id, one_line(doc.title), one_line(doc.text)] if doc.title else [doc.id, one_line(doc.text)]
+                handle.write("\t".join(cells) + "\n")
+            count += 1
+    return count
 
 
 class Corpus:
@@ -117,24 +182,23 @@ class Corpus:
         """
         path = Path(path)
         if not path.is_file():
-            raise DataFormatError(path, None, "corpus file not found")
+            raise DataFormatError(path, None, "corpus file not found", "check the path (a .jsonl or .tsv file)")
         corpus = cls()
         corpus.path, corpus.fmt = path, fmt or detect_format(path)
-        offsets: list[int] = []
-        line_numbers: list[int] = []
+        offsets = array("q")  # compact while scanning: 8 bytes per document, not a Python int
+        line_numbers = array("q")
         offset = 0
         with path.open("rb") as handle:
             for line_no, raw in enumerate(handle, 1):
                 doc = parse_document(raw, corpus.fmt, path, line_no)
-                if doc is not None:
-                    if corpus._accept(doc, path, line_no, on_empty):
-                        offsets.append(offset)
-                        line_numbers.append(line_no)
+                if doc is not None and corpus._accept(doc, path, line_no, on_empty):
+                    offsets.append(offset)
+                    line_numbers.append(line_no)
                 offset += len(raw)
         if not corpus._ids:
-            raise DataFormatError(path, None, "corpus has no documents")
-        corpus._offsets = np.asarray(offsets, dtype=np.int64)
-        corpus._line_numbers = np.asarray(line_numbers, dtype=np.int64)
+            raise DataFormatError(path, None, "corpus has no documents", "give a non-empty corpus file")
+        corpus._offsets = np.frombuffer(offsets, dtype=np.int64)
+        corpus._line_numbers = np.frombuffer(line_numbers, dtype=np.int64)
         return corpus
 
     @classmethod
@@ -149,7 +213,7 @@ class Corpus:
 
     def _accept(self, doc: Document, path: Path | None, line_no: int, on_empty: OnEmpty) -> bool:
         if not doc.id.strip():
-            raise DataFormatError(path, line_no, "empty document id")
+            raise DataFormatError(path, line_no, "empty document id", "give every document a non-empty id")
         if doc.id in self._index:
             raise DataFormatError(path, line_no, f"duplicate document id {doc.id!r} (first seen at "
                                   f"{self._where(self._index[doc.id])})", "give every document a unique id")
@@ -228,3 +292,7 @@ class Corpus:
     def __repr__(self) -> str:
         source = str(self.path) if self.path else "memory"
         return f"Corpus({len(self)} documents from {source})"
+
+    def write(self, path: str | Path, fmt: str | None = None) -> int:
+        """Write this corpus as JSONL or TSV (by ``fmt`` or the suffix), streaming; returns the count."""
+        return write_corpus(path, self, fmt)

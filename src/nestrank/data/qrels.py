@@ -7,9 +7,10 @@ TREC collections judge spam as -1) and count as non-relevant.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
+from nestrank.data.corpus import iter_lines
 from nestrank.errors import DataFormatError
 from nestrank.files import atomic_write
 
@@ -44,70 +45,97 @@ class Qrels(Mapping[str, dict[str, int]]):
 
     @classmethod
     def read(cls, path: str | Path) -> Qrels:
-        """Read a qrels file; the layout (3-column TSV or 4-column TREC) is detected per file."""
+        """Read a qrels file; the layout (3-column TSV or 4-column TREC) is detected per file.
+
+        A first line whose grade column is not an integer (BEIR's ``query-id corpus-id score``)
+        is taken as a header and skipped.
+        """
         path = Path(path)
         if not path.is_file():
-            raise DataFormatError(path, None, "qrels file not found")
+            raise DataFormatError(path, None, "qrels file not found", "check the path (BEIR .tsv or TREC qrels)")
         judgements: dict[str, dict[str, int]] = {}
         columns = None
-        with path.open("rb") as handle:
-            for line_no, raw in enumerate(handle, 1):
-                try:
-                    line = raw.decode("utf-8").strip()
-                except UnicodeDecodeError as exc:
-                    raise DataFormatError(path, line_no, f"not valid UTF-8 ({exc.reason})") from None
-                if not line:
-                    continue
-                parts = line.split()
-                if line_no == 1 and len(parts) == 3 and not _is_int(parts[2]):
-                    continue  # BEIR header: query-id corpus-id score
-                if columns is None:
-                    columns = len(parts)
-                    if columns not in (3, 4):
-                        raise DataFormatError(path, line_no, f"expected 3 columns (qid docid grade) or 4 "
-                                              f"(qid iter docid grade), got {columns}")
-                if len(parts) != columns:
-                    raise DataFormatError(path, line_no, f"expected {columns} columns like the first line, got {len(parts)}")
-                qid, doc, grade_text = (parts[0], parts[1], parts[2]) if columns == 3 else (parts[0], parts[2], parts[3])
-                if not _is_int(grade_text):
-                    raise DataFormatError(path, line_no, f"relevance grade {grade_text!r} is not an integer")
-                docs = judgements.setdefault(qid, {})
-                if doc in docs:
-                    raise DataFormatError(path, line_no, f"document {doc!r} judged twice for query {qid!r}",
-                                          "keep one judgement per (query, document)")
-                docs[doc] = int(grade_text)
+        for line_no, line in iter_lines(path):
+            parts = line.split()
+            if columns is None and len(parts) == 3 and not _is_int(parts[2]):
+                continue  # BEIR header: query-id corpus-id score
+            if columns is None:
+                columns = len(parts)
+                if columns not in (3, 4):
+                    raise DataFormatError(path, line_no, f"expected 3 columns (qid docid grade) or 4 "
+                                          f"(qid iter docid grade), got {columns}",
+                                          "write 'qid<TAB>docid<TAB>grade' (BEIR) or 'qid 0 docid grade' (TREC)")
+            if len(parts) != columns:
+                raise DataFormatError(path, line_no, f"expected {columns} columns like the first line, got {len(parts)}",
+                                      "use one layout for the whole file; ids must not contain spaces")
+            qid, doc, grade_text = (parts[0], parts[1], parts[2]) if columns == 3 else (parts[0], parts[2], parts[3])
+            if not _is_int(grade_text):
+                raise DataFormatError(path, line_no, f"relevance grade {grade_text!r} is not an integer",
+                                      "write integer grades (0 = not relevant, 1+ = relevant)")
+            docs = judgements.setdefault(qid, {})
+            if doc in docs:
+                raise DataFormatError(path, line_no, f"document {doc!r} judged twice for query {qid!r}",
+                                      "keep one judgement per (query, document)")
+            docs[doc] = int(grade_text)
         if not judgements:
-            raise DataFormatError(path, None, "no judgements in file")
+            raise DataFormatError(path, None, "no judgements in file", "give a qrels file with at least one line")
         return cls(judgements, path)
 
     def write_trec(self, path: str | Path) -> None:
         """Write TREC qrels (``qid 0 docid grade``), atomically."""
         with atomic_write(path) as handle:
-            for qid, docs in self._j.items():
-                for doc, grade in docs.items():
-                    handle.write(f"{qid} 0 {doc} {grade}\n")
+            for qid, doc, grade in self._rows(path):
+                handle.write(f"{qid} 0 {doc} {grade}\n")
 
     def write_tsv(self, path: str | Path) -> None:
         """Write BEIR TSV with its header, atomically."""
         with atomic_write(path) as handle:
             handle.write("query-id\tcorpus-id\tscore\n")
-            for qid, docs in self._j.items():
-                for doc, grade in docs.items():
-                    handle.write(f"{qid}\t{doc}\t{grade}\n")
+            for qid, doc, grade in self._rows(path):
+                handle.write(f"{qid}\t{doc}\t{grade}\n")
+
+    def _rows(self, path: str | Path) -> Iterator[tuple[str, str, int]]:
+        for qid, docs in self._j.items():
+            check_token(qid, "query id", path)
+            for doc, grade in docs.items():
+                check_token(doc, "document id", path)
+                yield qid, doc, grade
 
     def check_ids(self, *, queries: Mapping[str, str] | None = None, corpus: object | None = None) -> None:
-        """Raise :class:`DataFormatError` if a judged query or document id is unknown."""
+        """Raise :class:`DataFormatError` if a judged query or document id is unknown.
+
+        The error names the first offending line of the qrels file (when read from one).
+        """
         if queries is not None:
             unknown = [q for q in self._j if q not in queries]
             if unknown:
-                raise DataFormatError(self.path, None, f"{len(unknown)} judged query id(s) not in the queries, "
+                line = find_line(self.path, lambda parts: bool(parts) and parts[0] == unknown[0])
+                raise DataFormatError(self.path, line, f"{len(unknown)} judged query id(s) not in the queries, "
                                       f"e.g. {unknown[0]!r}", "check that qrels and queries come from one dataset")
         if corpus is not None:
-            for qid, docs in self._j.items():
-                for doc in docs:
-                    if doc not in corpus:  # type: ignore[operator]
-                        raise DataFormatError(self.path, None, f"query {qid!r} judges document {doc!r}, which "
-                                              "is not in the corpus", "check that qrels and corpus match")
+            bad = [(q, d) for q, docs in self._j.items() for d in docs if d not in corpus]  # type: ignore[operator]
+            if bad:
+                qid, doc = bad[0]
+                line = find_line(self.path, lambda parts: len(parts) >= 3 and parts[0] == qid and doc in parts[1:3])
+                raise DataFormatError(self.path, line, f"query {qid!r} judges document {doc!r}, which is not in the "
+                                      f"corpus ({len(bad)} such judgement(s))", "check that qrels and corpus match")
+
+
+def check_token(value: str, what: str, path: str | Path | None = None) -> None:
+    """Reject ids that whitespace-separated formats (TREC, TSV) cannot hold (writing ``path``)."""
+    if not value or value != "".join(value.split()):
+        raise DataFormatError(path, None, f"cannot write {what} {value!r}: TREC/TSV ids must be non-empty "
+                              "and without whitespace", "write JSONL instead, or fix the id")
+
+
+def find_line(path: Path | None, predicate: Callable[[list[str]], bool]) -> int | None:
+    """The first line number of ``path`` whose whitespace-split fields satisfy ``predicate``."""
+    if path is None or not path.is_file():
+        return None
+    for line_no, line in iter_lines(path):
+        if predicate(line.split()):
+            return line_no
+    return None
 
 
 def _is_int(text: str) -> bool:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from nestrank.data.corpus import ID_KEYS, detect_format
+from nestrank.data.corpus import ID_KEYS, detect_format, iter_lines, one_line, parse_json_object
 from nestrank.errors import DataFormatError
 
 
@@ -42,62 +42,58 @@ class Queries(Mapping[str, str]):
         """Read ``queries.jsonl`` (``_id``/``id`` + ``text``) or ``queries.tsv`` (``id<TAB>text``)."""
         path = Path(path)
         if not path.is_file():
-            raise DataFormatError(path, None, "queries file not found")
+            raise DataFormatError(path, None, "queries file not found", "check the path (a .jsonl or .tsv file)")
         fmt = fmt or detect_format(path)
         items: dict[str, str] = {}
-        with path.open("rb") as handle:
-            for line_no, raw in enumerate(handle, 1):
-                try:
-                    line = raw.decode("utf-8").rstrip("\r\n")
-                except UnicodeDecodeError as exc:
-                    raise DataFormatError(path, line_no, f"not valid UTF-8 ({exc.reason})",
-                                          "re-encode the file as UTF-8") from None
-                if not line.strip():
-                    continue
-                qid, text = _parse(line, fmt, path, line_no)
-                if qid in items:
-                    raise DataFormatError(path, line_no, f"duplicate query id {qid!r}", "give every query a unique id")
-                if not text.strip():
-                    raise DataFormatError(path, line_no, f"query {qid!r} has empty text", "remove the query")
-                items[qid] = text
+        first_line: dict[str, int] = {}
+        for line_no, line in iter_lines(path):
+            qid, text = _parse(line, fmt, path, line_no)
+            if qid in items:
+                raise DataFormatError(path, line_no, f"duplicate query id {qid!r} (first at line {first_line[qid]})",
+                                      "give every query a unique id")
+            if not text.strip():
+                raise DataFormatError(path, line_no, f"query {qid!r} has empty text", "remove the query or give it text")
+            items[qid] = text
+            first_line[qid] = line_no
         if not items:
-            raise DataFormatError(path, None, "no queries in file")
+            raise DataFormatError(path, None, "no queries in file", "give a non-empty queries file")
         return cls(items, path)
 
-    def write(self, path: str | Path) -> None:
-        """Write as JSONL (``.jsonl``) or TSV (``.tsv``), atomically."""
+    def write(self, path: str | Path, fmt: str | None = None) -> None:
+        """Write as JSONL or TSV (by ``fmt``, else the suffix ``.jsonl``/``.tsv``), atomically.
+
+        TSV turns tabs and newlines inside a query into spaces.
+        """
         from nestrank.files import atomic_write
 
         path = Path(path)
-        fmt = detect_format(path)
+        fmt = fmt or detect_format(path)
+        if fmt not in ("jsonl", "tsv"):
+            raise DataFormatError(path, None, f"unknown queries format {fmt!r}", "use jsonl or tsv")
         with atomic_write(path) as handle:
             for qid, text in self._items.items():
                 if fmt == "jsonl":
                     handle.write(json.dumps({"_id": qid, "text": text}, ensure_ascii=False) + "\n")
                 else:
-                    handle.write(f"{qid}\t{_one_line(text)}\n")
-
-
-def _one_line(text: str) -> str:
-    return " ".join(text.split())
+                    handle.write(f"{qid}\t{one_line(text)}\n")
 
 
 def _parse(line: str, fmt: str, path: Path, line_no: int) -> tuple[str, str]:
     if fmt == "jsonl":
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(path, line_no, f"bad JSON ({exc.msg} at column {exc.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataFormatError(path, line_no, "expected a JSON object per line")
+        obj = parse_json_object(line, path, line_no)
         qid = next((obj[k] for k in ID_KEYS if k in obj), None)
-        if qid is None:
-            raise DataFormatError(path, line_no, "missing query id ('_id' or 'id')")
+        if not isinstance(qid, str | int) or isinstance(qid, bool):
+            raise DataFormatError(path, line_no, "missing query id ('_id' or 'id')",
+                                  'write lines like {"_id": "q1", "text": "..."}')
         text = obj.get("text", obj.get("query"))
         if not isinstance(text, str):
-            raise DataFormatError(path, line_no, f"query {qid!r} has no string 'text' field")
+            raise DataFormatError(path, line_no, f"query {qid!r} has no string 'text' field",
+                                  "add the query as a 'text' string")
         return str(qid), text
+    if fmt != "tsv":
+        raise DataFormatError(path, None, f"unknown queries format {fmt!r}", "use jsonl or tsv")
     parts = line.split("\t")
     if len(parts) != 2:
-        raise DataFormatError(path, line_no, f"expected 'id<TAB>text', got {len(parts)} columns")
+        raise DataFormatError(path, line_no, f"expected 'id<TAB>text', got {len(parts)} columns",
+                              "write one 'id<TAB>text' per line with no tabs inside the text")
     return parts[0], parts[1]

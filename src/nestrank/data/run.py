@@ -11,6 +11,8 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from nestrank.data.corpus import iter_lines
+from nestrank.data.qrels import check_token, find_line
 from nestrank.errors import DataFormatError
 from nestrank.files import atomic_write
 
@@ -40,6 +42,7 @@ class Run(Mapping[str, list[tuple[str, float]]]):
 
     def __init__(self, ranked: Mapping[str, Iterable[tuple[str, float]]] | None = None) -> None:
         self._ranked: dict[str, list[tuple[str, float]]] = {}
+        self.path: Path | None = None  # the file it was read from, if any (for error messages)
         for qid, items in (ranked or {}).items():
             self.add(qid, items)
 
@@ -90,7 +93,35 @@ class Run(Mapping[str, list[tuple[str, float]]]):
         """``{qid: {doc_id: score}}``, the form pytrec_eval and ir_measures accept."""
         return {qid: dict(items) for qid, items in self._ranked.items()}
 
-    # -- TREC files ---------------------------------------------------------------------
+    def check_ids(self, *, queries: Mapping[str, str] | None = None, corpus: object | None = None) -> None:
+        """Raise :class:`DataFormatError` if a query or document id of the run is unknown.
+
+        The error names the first offending line of the run file (when read from one).
+        """
+        if queries is not None:
+            unknown = [q for q in self._ranked if q not in queries]
+            if unknown:
+                line = find_line(self.path, lambda parts: bool(parts) and parts[0] == unknown[0])
+                raise DataFormatError(self.path, line, f"{len(unknown)} query id(s) of the run are not in the "
+                                      f"queries, e.g. {unknown[0]!r}", "check that run and queries come from one dataset")
+        if corpus is not None:
+            bad = [(q, d) for q, items in self._ranked.items() for d, _ in items if d not in corpus]  # type: ignore[operator]
+            if bad:
+                qid, doc = bad[0]
+                line = find_line(self.path, lambda parts: len(parts) >= 3 and parts[0] == qid and doc in parts[1:3])
+                raise DataFormatError(self.path, line, f"query {qid!r} ranks document {doc!r}, which is not in "
+                                      f"the corpus ({len(bad)} such result(s))", "check that the run was made on this corpus")
+
+    # -- files --------------------------------------------------------------------------
+    @classmethod
+    def read(cls, path: str | Path) -> Run:
+        """Read a TREC run (6 columns) or an MS MARCO run TSV (3 columns), detected from the first line."""
+        path = Path(path)
+        first = next((line for _, line in _lines(path)), None)
+        if first is not None and len(first.split()) == 3:
+            return cls.read_tsv(path)
+        return cls.read_trec(path)
+
     @classmethod
     def read_trec(cls, path: str | Path) -> Run:
         """Read a TREC run file (``qid Q0 docid rank score tag``, whitespace separated).
@@ -100,43 +131,79 @@ class Run(Mapping[str, list[tuple[str, float]]]):
         """
         path = Path(path)
         scores: dict[str, dict[str, float]] = {}
-        try:
-            handle = path.open(encoding="utf-8")
-        except FileNotFoundError:
-            raise DataFormatError(path, None, "run file not found") from None
-        with handle:
-            line_no = 0
+        for line_no, line in _lines(path):
+            parts = line.split()
+            if len(parts) != 6:
+                raise DataFormatError(
+                    path, line_no, f"expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}",
+                    "write one result per line in TREC run format",
+                )
+            qid, _, doc, _, score_text, _ = parts
             try:
-                for line_no, line in enumerate(handle, 1):
-                    if not line.strip():
-                        continue
-                    parts = line.split()
-                    if len(parts) != 6:
-                        raise DataFormatError(
-                            path, line_no, f"expected 6 columns 'qid Q0 docid rank score tag', got {len(parts)}",
-                            "write one result per line in TREC run format",
-                        )
-                    qid, _, doc, _, score_text, _ = parts
-                    try:
-                        score = float(score_text)
-                    except ValueError:
-                        raise DataFormatError(path, line_no, f"score {score_text!r} is not a number") from None
-                    if math.isnan(score):
-                        raise DataFormatError(path, line_no, "score is NaN")
-                    docs = scores.setdefault(qid, {})
-                    if doc in docs:
-                        raise DataFormatError(
-                            path, line_no, f"document {doc!r} listed twice for query {qid!r}",
-                            "keep one line per (query, document)",
-                        )
-                    docs[doc] = score
-            except UnicodeDecodeError as exc:
-                raise DataFormatError(path, line_no + 1, f"not valid UTF-8 ({exc.reason})", "re-encode the file as UTF-8") from None
-        return cls.from_scores(scores)
+                score = float(score_text)
+            except ValueError:
+                raise DataFormatError(path, line_no, f"score {score_text!r} is not a number",
+                                      "the 5th column must be a number") from None
+            if math.isnan(score):
+                raise DataFormatError(path, line_no, "score is NaN", "fix the model or scoring that produced NaN")
+            _put(scores, qid, doc, score, path, line_no)
+        return cls._from_file(scores, path)
+
+    @classmethod
+    def read_tsv(cls, path: str | Path) -> Run:
+        """Read an MS MARCO run TSV (``qid<TAB>docid<TAB>rank``); the score becomes ``1 / rank``."""
+        path = Path(path)
+        scores: dict[str, dict[str, float]] = {}
+        for line_no, line in _lines(path):
+            parts = line.split()
+            if len(parts) != 3:
+                raise DataFormatError(path, line_no, f"expected 3 columns 'qid docid rank', got {len(parts)}",
+                                      "write one 'qid<TAB>docid<TAB>rank' per line")
+            qid, doc, rank_text = parts
+            if not rank_text.isdigit() or int(rank_text) < 1:
+                raise DataFormatError(path, line_no, f"rank {rank_text!r} is not a positive integer",
+                                      "ranks start at 1")
+            _put(scores, qid, doc, 1.0 / int(rank_text), path, line_no)
+        return cls._from_file(scores, path)
+
+    @classmethod
+    def _from_file(cls, scores: dict[str, dict[str, float]], path: Path) -> Run:
+        if not scores:
+            raise DataFormatError(path, None, "run file has no results", "give a run with at least one line")
+        run = cls.from_scores(scores)
+        run.path = path
+        return run
 
     def write_trec(self, path: str | Path, tag: str = "nestrank") -> None:
         """Write the run atomically in TREC format, ranks 1..n in ranking order."""
+        check_token(tag, "run tag", path)
         with atomic_write(path) as handle:
-            for qid, items in self._ranked.items():
-                for rank, (doc, score) in enumerate(items, 1):
-                    handle.write(f"{qid} Q0 {doc} {rank} {score!r} {tag}\n")
+            for qid, doc, rank, score in self._rows(path):
+                handle.write(f"{qid} Q0 {doc} {rank} {score!r} {tag}\n")
+
+    def write_tsv(self, path: str | Path) -> None:
+        """Write the run atomically as MS MARCO TSV (``qid<TAB>docid<TAB>rank``; scores are dropped)."""
+        with atomic_write(path) as handle:
+            for qid, doc, rank, _ in self._rows(path):
+                handle.write(f"{qid}\t{doc}\t{rank}\n")
+
+    def _rows(self, path: str | Path) -> Iterator[tuple[str, str, int, float]]:
+        for qid, items in self._ranked.items():
+            check_token(qid, "query id", path)
+            for rank, (doc, score) in enumerate(items, 1):
+                check_token(doc, "document id", path)
+                yield qid, doc, rank, score
+
+
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
+    if not path.is_file():
+        raise DataFormatError(path, None, "run file not found", "check the path of the run file")
+    return iter_lines(path)
+
+
+def _put(scores: dict[str, dict[str, float]], qid: str, doc: str, score: float, path: Path, line_no: int) -> None:
+    docs = scores.setdefault(qid, {})
+    if doc in docs:
+        raise DataFormatError(path, line_no, f"document {doc!r} listed twice for query {qid!r}",
+                              "keep one line per (query, document)")
+    docs[doc] = score
