@@ -37,7 +37,7 @@ def open_dataset(dataset: str | None, corpus: Path | None = None, queries: Path 
         if queries is not None:
             ds.queries_path = queries
     else:
-        if corpus is None and queries is None:
+        if corpus is None and queries is None and qrels is None:
             raise ConfigError("give --dataset DIR, or explicit --corpus/--queries/--qrels files")
         ds = Dataset(corpus or Path("<no corpus given: pass --corpus>"), queries or Path("<no queries given: pass --queries>"))
     if qrels is not None:

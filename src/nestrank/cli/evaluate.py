@@ -1,0 +1,62 @@
+"""``nestrank evaluate``: score runs against qrels; a table, or one JSON object with --json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nestrank.cli import app
+from nestrank.cli.common import DatasetOpt, QrelsOpt, SplitOpt, open_dataset
+
+
+@app.command("evaluate")
+def evaluate_command(
+    runs: Annotated[list[Path], typer.Argument(help="TREC run files; the first is the baseline of the "
+                                               "significance tests.", show_default=False)],
+    dataset: DatasetOpt = None,
+    qrels: QrelsOpt = None,
+    split: SplitOpt = "test",
+    metrics: Annotated[str, typer.Option("--metrics", "-m", help="Comma-separated: ndcg@10, recall@100, "
+                                         "rr@10 (mrr@10), map, p@10, or ir_measures names.")] = "ndcg@10,recall@100,rr@10",
+    rel: Annotated[int, typer.Option("--rel", help="Lowest grade counted relevant by binary measures "
+                                     "(R, RR, AP, P); TREC DL uses 2. nDCG keeps graded gains.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object: run file -> metric -> "
+                                          "value (metric names as ir_measures prints them, e.g. nDCG@10).")] = False,
+    test: Annotated[str, typer.Option("--test", help="Significance test vs the first run: t (paired t-test) or "
+                                      "permutation (paired randomisation).")] = "t",
+    alpha: Annotated[float, typer.Option("--alpha", help="Significance level of the table's markers.")] = 0.05,
+) -> None:
+    """Evaluate runs, e.g. `nestrank evaluate --dataset scifact --split test bm25.run hybrid.run`.
+
+    Judged queries missing from a run count as 0; queries without judgements are ignored.
+    """
+    from rich.console import Console
+
+    from nestrank.data import Run
+    from nestrank.errors import ConfigError
+    from nestrank.evaluate.compare import compare_runs
+    from nestrank.evaluate.metrics import parse_metrics
+
+    parse_metrics(metrics)  # fail on a typo before reading any run
+    labels = [str(path) for path in runs]
+    if len(set(labels)) != len(labels):
+        raise ConfigError("the same run file is given twice")
+    judgements = open_dataset(dataset, qrels=qrels, split=split).qrels(split)
+    loaded = {label: Run.read_trec(path) for label, path in zip(labels, runs, strict=True)}
+    for label, run in loaded.items():
+        missing = sum(1 for qid in judgements if not run.get(qid))
+        if missing:
+            typer.echo(f"note: {label}: {missing} of {len(judgements)} judged queries have no results "
+                       "(they count as 0)", err=True)
+    names = [path.name for path in runs]
+    if not as_json and len(set(names)) == len(names):  # the table shows short names when unambiguous
+        loaded = dict(zip(names, loaded.values(), strict=True))
+    comparison = compare_runs(loaded, judgements, metrics, rel=rel, test=test, alpha=alpha)  # type: ignore[arg-type]
+    if as_json:
+        typer.echo(json.dumps(comparison.means))
+        return
+    title = f"{len(judgements)} judged queries" + (f" ({dataset}, {split})" if dataset else "")
+    Console().print(comparison.table(title=title))
