@@ -3,6 +3,10 @@
 from nestrank.cli import (
     common,  # noqa: F401
     data,  # noqa: F401
+    encode,  # noqa: F401
     evaluate,  # noqa: F401
+    mine,  # noqa: F401
+    rerank,  # noqa: F401
     retrieval,  # noqa: F401
+    train,  # noqa: F401
 )

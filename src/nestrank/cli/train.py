@@ -1,0 +1,54 @@
+"""``nestrank train ...``: trainers (``nestrank train retriever --config FILE.toml``).
+
+Other trainers register on :data:`train_app`. Launch several processes with
+``torchrun --nproc-per-node N -m nestrank.train ...`` or ``accelerate launch`` (see docs/training.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from nestrank.cli import app
+
+train_app = typer.Typer(help="Train retrievers and rerankers from a TOML config.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+
+
+def parse_overrides(items: list[str]) -> dict[str, object]:
+    """``section.key=VALUE`` strings to a dict; VALUE is read as TOML (``5``, ``true``, ``"x"``), else kept as text."""
+    from nestrank.errors import ConfigError
+    from nestrank.train.config import tomllib
+
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: write section.key=VALUE, e.g. train.max_steps=10")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+@train_app.command("retriever")
+def train_retriever_command(
+    config: Annotated[Path, typer.Option("--config", "-c", help="Trainer TOML config (see recipes/).",
+                                         show_default=False)],
+    overrides: Annotated[list[str] | None, typer.Option("--set", help="Override a config value: section.key=VALUE "
+                                                        "(repeatable), e.g. --set train.max_steps=20.")] = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+) -> None:
+    """Train a dense retriever contrastively (InfoNCE, hard + in-batch negatives, LoRA or full)."""
+    from nestrank.train.config import load_config
+    from nestrank.train.retriever import train_retriever
+
+    result = train_retriever(load_config(config, parse_overrides(overrides or [])), progress=progress)
+    if os.environ.get("RANK", "0") == "0":  # one summary line, from the main process of a distributed run
+            typer.echo(json.dumps({"checkpoint": str(result.checkpoint), "steps": result.steps, "loss": result.loss,
+                               "seconds": round(result.seconds, 1)}))

@@ -1,0 +1,368 @@
+"""Dense vector indexes on FAISS: exact flat inner product, HNSW, IVF and IVF-PQ; sharded.
+
+A dense index directory holds one FAISS index per embedding shard (``shard-XXXXX.faiss``
+plus its ``shard-XXXXX.ids.txt``) and nestrank's ``manifest.json`` with ``"method":
+"dense"``, the FAISS settings and the encoder (model and preset) that made the vectors,
+so :meth:`DenseIndex.search` can encode queries the same way. Search visits the shards
+one at a time (load, search, merge into a running top-k, free), so a corpus never has to
+fit in memory at once; an index of one shard stays loaded between calls.
+
+Scores are inner products (for L2-normalised vectors, cosine similarities), the papers'
+choice: flat search is exact; HNSW and IVF(-PQ) trade recall for speed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nestrank.data import Corpus, Run
+from nestrank.errors import ConfigError, DataFormatError
+from nestrank.retrieve.encode import Embeddings, PassageEncoder, ids_fingerprint
+from nestrank.retrieve.index import MANIFEST, read_manifest, staged_index_dir, write_manifest
+
+METHOD = "dense"
+HYBRID = "hybrid"
+FAISS_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
+ADD_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class IndexConfig:
+    """FAISS settings. ``index_type`` is ``flat`` (exact), ``hnsw``, ``ivf`` or ``ivfpq``.
+
+    HNSW: ``hnsw_m`` links per node, ``ef_construction`` build beam, ``ef_search`` search
+    beam (raised to ``k`` when smaller). IVF: ``nlist`` clusters per shard (default about
+    ``4 * sqrt(n)``, at most ``n / 39``), ``nprobe`` clusters visited per query,
+    ``train_size`` vectors sampled for training (default ``256 * nlist``). IVF-PQ also:
+    ``pq_m`` sub-quantizers (must divide the dimension) of ``pq_nbits`` bits.
+    """
+
+    index_type: str = "flat"
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 128
+    nlist: int | None = None
+    nprobe: int = 16
+    pq_m: int = 16
+    pq_nbits: int = 8
+    train_size: int | None = None
+
+    def check(self, dim: int) -> None:
+        """Raise :class:`ConfigError` for an unknown type or an impossible parameter."""
+        if self.index_type not in FAISS_TYPES:
+            raise ConfigError(f"unknown dense index type {self.index_type!r}; choose one of: {', '.join(FAISS_TYPES)}")
+        for name in ("hnsw_m", "ef_construction", "ef_search", "nprobe", "pq_m", "pq_nbits"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.nlist is not None and self.nlist < 1:
+            raise ConfigError(f"nlist must be >= 1, got {self.nlist}")
+        if self.index_type == "ivfpq" and dim % self.pq_m:
+            raise ConfigError(f"pq_m={self.pq_m} must divide the vector dimension {dim}")
+
+    def nlist_for(self, n: int) -> int:
+        """The number of IVF clusters for a shard of ``n`` vectors."""
+        if self.nlist is not None:
+            if self.nlist > n:
+                raise ConfigError(f"nlist={self.nlist} is larger than a shard of {n} vectors; lower nlist "
+                                  "or use fewer, larger shards")
+            return self.nlist
+        return max(1, min(int(4 * np.sqrt(n)), n // 39))
+
+
+def _faiss():
+    import faiss
+
+    return faiss
+
+
+def build_faiss_index(vectors: np.ndarray, config: IndexConfig, seed: int = 0) -> Any:
+    """A FAISS inner-product index over ``vectors`` (rows added in chunks, float32)."""
+    faiss = _faiss()
+    n, dim = vectors.shape
+    config.check(dim)
+    if config.index_type == "flat":
+        index = faiss.IndexFlatIP(dim)
+    elif config.index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = config.ef_construction
+    else:
+        if n == 0:
+            raise ConfigError("cannot train an IVF index on an empty shard; use fewer shards or index_type='flat'")
+        nlist = config.nlist_for(n)
+        quantizer = faiss.IndexFlatIP(dim)
+        if config.index_type == "ivf":
+            index = faiss.IndexIVFFlat(quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        else:
+            if n < 2 ** config.pq_nbits:
+                raise ConfigError(f"IVF-PQ with pq_nbits={config.pq_nbits} needs at least {2 ** config.pq_nbits} "
+                                  f"vectors per shard, this shard has {n}; lower pq_nbits or use ivf/flat")
+            index = faiss.IndexIVFPQ(quantizer, dim, nlist, config.pq_m, config.pq_nbits, faiss.METRIC_INNER_PRODUCT)
+        index.own_fields = True
+        quantizer.this.disown()
+        train_size = min(n, config.train_size or 256 * nlist)
+        rows = np.sort(np.random.default_rng(seed).choice(n, size=train_size, replace=False))
+        index.train(np.ascontiguousarray(vectors[rows], dtype=np.float32))
+    for start in range(0, n, ADD_CHUNK):
+        index.add(np.ascontiguousarray(vectors[start:start + ADD_CHUNK], dtype=np.float32))
+    return index
+
+
+def _set_search_params(index: Any, config: IndexConfig, k: int) -> None:
+    faiss = _faiss()
+    if config.index_type == "hnsw":
+        faiss.downcast_index(index).hnsw.efSearch = max(config.ef_search, k)
+    elif config.index_type in ("ivf", "ivfpq"):
+        faiss.extract_index_ivf(index).nprobe = config.nprobe
+
+
+class DenseIndex:
+    """A (possibly sharded) FAISS index with the doc ids and the encoder that made its vectors."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+        self.path = path
+        self.manifest = manifest
+        params = manifest["params"]
+        self.config = IndexConfig(**params["faiss"])
+        self.dim = int(params["dim"])
+        self.shards: list[dict[str, Any]] = params["shards"]
+        self._encoder: PassageEncoder | None = None
+        self._cached: tuple[Any, np.ndarray] | None = None
+
+    @property
+    def num_docs(self) -> int:
+        """Number of indexed documents."""
+        return int(self.manifest["num_docs"])
+
+    @property
+    def encoder_spec(self) -> dict[str, Any]:
+        """``{"model", "preset", "normalized"}`` of the encoder that made the vectors."""
+        return dict(self.manifest["params"]["encoder"])
+
+    def __repr__(self) -> str:
+        return f"DenseIndex({self.num_docs} documents, {len(self.shards)} shards, {self.config.index_type}, dim {self.dim})"
+
+    # -- building -----------------------------------------------------------------------
+    @classmethod
+    def build(cls, embeddings: Embeddings | str | Path, out: str | Path, config: IndexConfig | None = None,
+              *, progress: bool = False) -> DenseIndex:
+        """Build one FAISS index per embedding shard into directory ``out`` (atomically); returns it loaded."""
+        from tqdm.auto import tqdm
+
+        faiss = _faiss()
+        embeddings = embeddings if isinstance(embeddings, Embeddings) else Embeddings(embeddings)
+        config = config or IndexConfig()
+        config.check(embeddings.dim)
+        shards = []
+        with staged_index_dir(out) as staging:
+            for position, name in enumerate(tqdm(embeddings.shard_names, desc="indexing", disable=not progress)):
+                ids, vectors = embeddings.shard(name)
+                index = build_faiss_index(vectors, config, seed=position)
+                faiss.write_index(index, str(staging / f"{name}.faiss"))
+                del index
+                shutil.copyfile(embeddings.dir / f"{name}.ids.txt", staging / f"{name}.ids.txt")
+                shards.append({"name": name, "file": f"{name}.faiss", "ids": f"{name}.ids.txt", "count": len(ids)})
+            manifest = embeddings.manifest
+            params = {
+                "faiss": asdict(config),
+                "dim": embeddings.dim,
+                "metric": "inner_product",
+                "encoder": {"model": manifest.get("model"), "preset": manifest.get("preset"),
+                            "normalized": manifest.get("normalized")},
+                "embeddings_dtype": manifest["dtype"],
+                "shards": shards,
+            }
+            write_manifest(staging, METHOD, embeddings.num_docs, params)
+        return cls.load(out)
+
+    # -- loading ------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: str | Path, mmap: bool = True) -> DenseIndex:
+        """Open an index directory written by :meth:`build`; shard files are checked, loaded on search.
+
+        ``mmap`` is accepted for :func:`~nestrank.retrieve.index.open_index`; FAISS shards are
+        read whole, one at a time.
+        """
+        path = Path(path)
+        manifest = read_manifest(path)
+        if manifest["method"] != METHOD:
+            raise DataFormatError(path / MANIFEST, None, f"index method is {manifest['method']!r}, not {METHOD!r}",
+                                  "open it with nestrank.retrieve.index.open_index, or pass a dense index")
+        index = cls(path, manifest)
+        for shard in index.shards:
+            for key in ("file", "ids"):
+                if not (path / shard[key]).is_file():
+                    raise DataFormatError(path / shard[key], None, f"dense index shard {shard['name']} is missing",
+                                          "rebuild the index with `nestrank index --method dense`")
+        if sum(s["count"] for s in index.shards) != index.num_docs:
+            raise DataFormatError(path / MANIFEST, None, "shard counts do not add up to num_docs", "rebuild the index")
+        return index
+
+    def _load_shard(self, shard: dict[str, Any]) -> tuple[Any, np.ndarray]:
+        if self._cached is not None:
+            return self._cached
+        faiss = _faiss()
+        index = faiss.read_index(str(self.path / shard["file"]))
+        ids = np.asarray((self.path / shard["ids"]).read_text(encoding="utf-8").splitlines(), dtype=object)
+        if index.ntotal != shard["count"] or len(ids) != shard["count"] or index.d != self.dim:
+            raise DataFormatError(self.path / shard["file"], None,
+                                  f"shard holds {index.ntotal} vectors of dim {index.d} and {len(ids)} ids; the "
+                                  f"manifest says {shard['count']} of dim {self.dim}", "rebuild the index")
+        if len(self.shards) == 1:
+            self._cached = (index, ids)
+        return index, ids
+
+    # -- search -------------------------------------------------------------------------
+    def search_vectors(self, query_vectors: np.ndarray, k: int = 100, *, ef_search: int | None = None,
+                       nprobe: int | None = None, threads: int = 0) -> tuple[np.ndarray, list[list[str]]]:
+        """Top-``k`` inner products for each query vector, over all shards.
+
+        Returns ``(scores, doc_ids)``: ``scores`` is ``(n_queries, min(k, num_docs))``, best
+        first, padded with ``-inf`` where an approximate index found fewer results;
+        ``doc_ids[i]`` lists the ids of row ``i``'s finite scores. ``ef_search``/``nprobe``
+        override the built settings; ``threads > 0`` sets FAISS's OpenMP threads (0: its default).
+        """
+        if threads > 0:
+            _faiss().omp_set_num_threads(threads)
+        queries = np.asarray(query_vectors, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ConfigError(f"query vectors have shape {queries.shape}, the index holds {self.dim}-d vectors "
+                              f"(built with encoder {self.encoder_spec.get('model')!r}); encode queries with that encoder")
+        if not np.isfinite(queries).all():
+            raise ConfigError("query vectors contain NaN or infinite values")
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
+        config = IndexConfig(**{**asdict(self.config), **({"ef_search": ef_search} if ef_search else {}),
+                                **({"nprobe": nprobe} if nprobe else {})})
+        queries = np.ascontiguousarray(queries)
+        k = min(k, self.num_docs)
+        best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        best_ids = np.full((len(queries), k), None, dtype=object)
+        for shard in self.shards:
+            if shard["count"] == 0:
+                continue
+            index, ids = self._load_shard(shard)
+            _set_search_params(index, config, k)
+            scores, rows = index.search(queries, min(k, shard["count"]))
+            found = rows >= 0
+            scores = np.where(found, scores, -np.inf).astype(np.float32)
+            shard_ids = np.where(found, ids[np.where(found, rows, 0)], None)
+            merged_scores = np.concatenate([best_scores, scores], axis=1)
+            merged_ids = np.concatenate([best_ids, shard_ids], axis=1)
+            order = np.argsort(-merged_scores, axis=1, kind="stable")[:, :k]
+            best_scores = np.take_along_axis(merged_scores, order, axis=1)
+            best_ids = np.take_along_axis(merged_ids, order, axis=1)
+            del index, ids
+        doc_ids = [[d for d, s in zip(row_ids, row_scores, strict=True) if np.isfinite(s)]
+                   for row_ids, row_scores in zip(best_ids, best_scores, strict=True)]
+        return best_scores, doc_ids
+
+    def encoder(self) -> PassageEncoder:
+        """The query encoder recorded in the manifest (loaded once, then kept)."""
+        if self._encoder is None:
+            spec = self.encoder_spec
+            if not spec.get("model"):
+                raise ConfigError(f"{self.path / MANIFEST} records no encoder model; pass encoder= to search()")
+            from nestrank.models.dense import DenseEncoder
+
+            self._encoder = DenseEncoder.from_pretrained(spec["model"], preset=spec.get("preset"))
+        return self._encoder
+
+    def search(self, queries: Mapping[str, str], k: int = 100, *, encoder: PassageEncoder | None = None,
+               ef_search: int | None = None, nprobe: int | None = None, threads: int = 0) -> Run:
+        """Encode ``{query_id: text}`` (with ``encoder``, default the recorded one) and return the top-``k`` run."""
+        encoder = encoder or self.encoder()
+        qids = list(queries)
+        if not qids:
+            return Run()
+        vectors = encoder.encode_queries([queries[q] for q in qids])  # type: ignore[attr-defined]
+        scores, doc_ids = self.search_vectors(vectors, k, ef_search=ef_search, nprobe=nprobe, threads=threads)
+        return Run({qid: zip(ids, row[:len(ids)].tolist(), strict=True)
+                    for qid, ids, row in zip(qids, doc_ids, scores, strict=True)})
+
+
+class HybridIndex:
+    """BM25 and dense sub-indexes in one directory; search fuses their runs by reciprocal rank.
+
+    Layout: ``bm25/`` and ``dense/`` (each a complete index) and a manifest with
+    ``"method": "hybrid"``, the RRF constant ``rrf_k`` and the ``depth`` each sub-index
+    retrieves before fusion.
+    """
+
+    def __init__(self, path: Path, manifest: dict[str, Any], bm25: Any, dense: DenseIndex) -> None:
+        self.path = path
+        self.manifest = manifest
+        self.bm25 = bm25
+        self.dense = dense
+
+    @property
+    def num_docs(self) -> int:
+        """Number of indexed documents."""
+        return int(self.manifest["num_docs"])
+
+    def __repr__(self) -> str:
+        return f"HybridIndex({self.bm25!r} + {self.dense!r}, RRF k={self.manifest['params']['rrf_k']})"
+
+    @classmethod
+    def build(cls, corpus: Corpus, embeddings: Embeddings | str | Path, out: str | Path,
+              config: IndexConfig | None = None, *, rrf_k: float = 60, depth: int = 1000,
+              bm25_params: Mapping[str, Any] | None = None, progress: bool = False) -> HybridIndex:
+        """Index ``corpus`` with BM25 and its encoded ``embeddings`` with FAISS, into ``out`` (atomically)."""
+        from nestrank.retrieve.bm25 import BM25Index
+
+        embeddings = embeddings if isinstance(embeddings, Embeddings) else Embeddings(embeddings)
+        if embeddings.manifest["ids_sha256"] != ids_fingerprint(corpus.ids):
+            raise ConfigError(f"the embeddings in {embeddings.dir} were not encoded from this corpus "
+                              f"({embeddings.num_docs} vs {len(corpus)} documents or other ids); encode it first")
+        if depth < 1 or not rrf_k >= 0:
+            raise ConfigError(f"hybrid depth must be >= 1 and rrf_k >= 0, got depth={depth}, rrf_k={rrf_k}")
+        with staged_index_dir(out) as staging:
+            BM25Index.build(corpus, **dict(bm25_params or {})).save(staging / "bm25")
+            DenseIndex.build(embeddings, staging / "dense", config, progress=progress)
+            write_manifest(staging, HYBRID, len(corpus), {"parts": {"bm25": "bm25", "dense": "dense"},
+                                                          "fusion": "rrf", "rrf_k": rrf_k, "depth": depth})
+        return cls.load(out)
+
+    @classmethod
+    def load(cls, path: str | Path, mmap: bool = True) -> HybridIndex:
+        """Open a hybrid index directory (both sub-indexes)."""
+        from nestrank.retrieve.bm25 import BM25Index
+
+        path = Path(path)
+        manifest = read_manifest(path)
+        if manifest["method"] != HYBRID:
+            raise DataFormatError(path / MANIFEST, None, f"index method is {manifest['method']!r}, not {HYBRID!r}",
+                                  "open it with nestrank.retrieve.index.open_index")
+        parts = manifest["params"]["parts"]
+        bm25 = BM25Index.load(path / parts["bm25"], mmap=mmap)
+        dense = DenseIndex.load(path / parts["dense"])
+        if not bm25.num_docs == dense.num_docs == manifest["num_docs"]:
+            raise DataFormatError(path / MANIFEST, None, f"sub-indexes hold {bm25.num_docs} (BM25) and "
+                                  f"{dense.num_docs} (dense) documents, the manifest {manifest['num_docs']}",
+                                  "rebuild it with `nestrank index --method hybrid`")
+        return cls(path, manifest, bm25, dense)
+
+    def search(self, queries: Mapping[str, str], k: int = 100, *, encoder: PassageEncoder | None = None,
+               depth: int | None = None, threads: int = 0) -> Run:
+        """RRF of the BM25 and dense top-``depth`` runs (default: the manifest's, at least ``k``), cut to ``k``."""
+        from nestrank.retrieve.fusion import reciprocal_rank_fusion
+
+        params = self.manifest["params"]
+        depth = max(k, depth or params["depth"])
+        runs = [self.bm25.search(queries, depth, threads=threads),
+                self.dense.search(queries, depth, encoder=encoder, threads=threads)]
+        return reciprocal_rank_fusion(runs, k=params["rrf_k"], depth=k)
+
+
+def exact_top_k(query_vectors: np.ndarray, doc_vectors: np.ndarray, doc_ids: Sequence[str],
+                k: int) -> tuple[np.ndarray, list[list[str]]]:
+    """Brute-force numpy top-``k`` inner products (the reference flat search must equal)."""
+    scores = np.asarray(query_vectors, np.float32) @ np.asarray(doc_vectors, np.float32).T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    ids = np.asarray(doc_ids, dtype=object)
+    return np.take_along_axis(scores, order, axis=1), [list(ids[row]) for row in order]

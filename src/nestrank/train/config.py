@@ -1,0 +1,226 @@
+"""Configuration of the contrastive retriever trainer, read from TOML and validated.
+
+A config file has four sections; every key is optional except ``data.train_groups`` and
+``train.output_dir``::
+
+    [model]   backbone, preset, dtype, gradient_checkpointing, attn_implementation
+    [lora]    enabled, r, alpha, dropout, target_modules
+    [data]    train_groups, query_max_length, passage_max_length, group_size,
+              validation_fraction, validation_seed
+    [train]   output_dir, batch_size, grad_accum_steps, gradcache_chunk_size, epochs,
+              max_steps, learning_rate, weight_decay, warmup_ratio, max_grad_norm,
+              temperature, seed, log_every, save_every, resume_from
+
+Unknown sections or keys, wrong types and out-of-range values raise
+:class:`~nestrank.errors.ConfigError` naming the file, the key and the fix. Relative paths
+in the file are taken relative to the current directory (where you run the command).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import sys
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nestrank.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+#: The paper's (RepLLaMA) LoRA targets: attention q, v, o and the MLP projections.
+REPLLAMA_LORA_TARGETS = ("q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+TRAIN_DTYPES = ("float32", "bfloat16")
+
+
+@dataclass
+class ModelConfig:
+    """The backbone and how it runs.
+
+    ``backbone``: a preset (``smollm2-135m``), local directory, GGUF file or hub id (see
+    :func:`nestrank.models.load_backbone`). ``preset``: the :class:`~nestrank.models.dense.DenseEncoder`
+    preset (pooling, prefixes, EOS, normalisation), e.g. ``repllama``. ``dtype``: weights and
+    compute dtype, ``float32`` or ``bfloat16`` (bf16 autocast on GPUs).
+    """
+
+    backbone: str = "smollm2-135m"
+    preset: str = "repllama"
+    dtype: str = "float32"
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class LoraConfig:
+    """LoRA adapters (peft); ``enabled = false`` fine-tunes every weight instead."""
+
+    enabled: bool = True
+    r: int = 32
+    alpha: int = 64
+    dropout: float = 0.1
+    target_modules: list[str] = field(default_factory=lambda: list(REPLLAMA_LORA_TARGETS))
+
+
+@dataclass
+class DataConfig:
+    """Training groups and the shapes of one contrastive batch.
+
+    ``group_size`` passages per query: 1 positive + ``group_size - 1`` hard negatives.
+    ``validation_fraction`` of the group queries (chosen with ``validation_seed``) are held
+    out of training; their ids are written to ``validation_queries.txt`` in the output dir.
+    """
+
+    train_groups: str = ""
+    query_max_length: int = 32
+    passage_max_length: int = 196
+    group_size: int = 16
+    validation_fraction: float = 0.0
+    validation_seed: int = 0
+
+
+@dataclass
+class OptimConfig:
+    """Optimisation, logging and checkpoints.
+
+    ``batch_size`` is the number of queries of one contrastive batch over *all* processes
+    (each process takes ``batch_size / world_size``); ``grad_accum_steps`` batches make one
+    optimizer step. ``gradcache_chunk_size`` (sequences, 0 = off) bounds activation memory
+    without changing the loss. ``max_steps`` (0 = none) caps the optimizer steps.
+    ``warmup_ratio`` of the steps warm the learning rate up linearly from 0, then it decays
+    linearly to 0. ``save_every`` (0 = only at the end) writes ``checkpoint-STEP`` dirs.
+    """
+
+    output_dir: str = ""
+    batch_size: int = 128
+    grad_accum_steps: int = 1
+    gradcache_chunk_size: int = 0
+    epochs: int = 1
+    max_steps: int = 0
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.1
+    max_grad_norm: float = 1.0
+    temperature: float = 0.01
+    seed: int = 42
+    log_every: int = 1
+    save_every: int = 0
+    resume_from: str = ""
+
+
+@dataclass
+class TrainConfig:
+    """The whole trainer configuration (one dataclass per TOML section)."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: OptimConfig = field(default_factory=OptimConfig)
+
+    def validate(self, where: str = "config") -> TrainConfig:
+        """Check values and relations between them; raise :class:`ConfigError` on the first problem."""
+        m, lo, d, t = self.model, self.lora, self.data, self.train
+        checks: list[tuple[bool, str, str]] = [
+            (bool(d.train_groups), "data.train_groups", "is required: the training-group JSONL (e.g. from `nestrank mine`)"),
+            (bool(t.output_dir), "train.output_dir", "is required: where checkpoints and the log go"),
+            (m.dtype in TRAIN_DTYPES, "model.dtype", f"must be one of {', '.join(TRAIN_DTYPES)}, got {m.dtype!r}"),
+            (bool(m.backbone), "model.backbone", "must name a model (preset, directory, GGUF file or hub id)"),
+            (lo.r >= 1, "lora.r", f"must be >= 1, got {lo.r}"),
+            (lo.alpha >= 1, "lora.alpha", f"must be >= 1, got {lo.alpha}"),
+            (0.0 <= lo.dropout < 1.0, "lora.dropout", f"must be in [0, 1), got {lo.dropout}"),
+            (bool(lo.target_modules) or not lo.enabled, "lora.target_modules", "must list at least one module name"),
+            (d.query_max_length >= 2, "data.query_max_length", f"must be >= 2 tokens, got {d.query_max_length}"),
+            (d.passage_max_length >= 2, "data.passage_max_length", f"must be >= 2 tokens, got {d.passage_max_length}"),
+            (d.group_size >= 1, "data.group_size", f"must be >= 1 (1 positive + group_size-1 negatives), got {d.group_size}"),
+            (0.0 <= d.validation_fraction < 1.0, "data.validation_fraction", f"must be in [0, 1), got {d.validation_fraction}"),
+            (t.batch_size >= 1, "train.batch_size", f"must be >= 1, got {t.batch_size}"),
+            (t.grad_accum_steps >= 1, "train.grad_accum_steps", f"must be >= 1, got {t.grad_accum_steps}"),
+            (t.gradcache_chunk_size >= 0, "train.gradcache_chunk_size", f"must be >= 0 (0 = off), got {t.gradcache_chunk_size}"),
+            (t.epochs >= 1, "train.epochs", f"must be >= 1, got {t.epochs}"),
+            (t.max_steps >= 0, "train.max_steps", f"must be >= 0 (0 = no cap), got {t.max_steps}"),
+            (t.learning_rate > 0, "train.learning_rate", f"must be > 0, got {t.learning_rate}"),
+            (t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}"),
+            (0.0 <= t.warmup_ratio <= 1.0, "train.warmup_ratio", f"must be in [0, 1], got {t.warmup_ratio}"),
+            (t.max_grad_norm >= 0, "train.max_grad_norm", f"must be >= 0 (0 = no clipping), got {t.max_grad_norm}"),
+            (t.temperature > 0, "train.temperature", f"must be > 0, got {t.temperature}"),
+            (t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}"),
+            (t.save_every >= 0, "train.save_every", f"must be >= 0 (0 = only at the end), got {t.save_every}"),
+        ]
+        for ok, key, problem in checks:
+            if not ok:
+                raise ConfigError(f"{where}: {key} {problem}")
+        return self
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The config as nested plain data (TOML/JSON-ready)."""
+        return dataclasses.asdict(self)
+
+
+def config_from_dict(data: dict[str, Any], where: str = "config") -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` from nested ``{section: {key: value}}`` data."""
+    sections = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    hints = typing.get_type_hints(TrainConfig)
+    built: dict[str, Any] = {}
+    for section, values in data.items():
+        if section not in sections:
+            raise ConfigError(f"{where}: unknown section [{section}]{_suggest(section, sections)}; "
+                              f"sections are {', '.join(f'[{s}]' for s in sections)}")
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where}: {section} must be a table ([{section}] followed by key = value lines)")
+        built[section] = _build_section(hints[section], values, section, where)
+    return TrainConfig(**built).validate(where)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """Read a TOML config file; ``overrides`` maps ``"section.key"`` to a value that replaces the file's."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found (fix: check the path; recipes live in recipes/)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for dotted, value in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        if not key:
+            raise ConfigError(f"override {dotted!r} must look like section.key (e.g. train.max_steps)")
+        data.setdefault(section, {})[key] = value
+    return config_from_dict(data, str(path))
+
+
+def _build_section(cls: type, values: dict[str, Any], section: str, where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{where}: unknown key {section}.{key}{_suggest(key, hints)}; "
+                              f"[{section}] takes {', '.join(hints)}")
+        kwargs[key] = _check_type(value, hints[key], f"{section}.{key}", where)
+    return cls(**kwargs)
+
+
+def _check_type(value: Any, hint: Any, key: str, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
+        return [_check_type(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(f"{where}: {key} must be a {hint.__name__}, got {value!r}")
+    return value
+
+
+def _suggest(name: str, known: Any) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

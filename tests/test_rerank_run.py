@@ -1,0 +1,187 @@
+"""Reranking runs: rerank_run (top-k, tails, errors, batching across queries) and `nestrank rerank`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nestrank.data import Corpus, Document, Run
+from nestrank.errors import ConfigError
+from nestrank.models.reranker import Reranker, RerankInputError
+from nestrank.rerank import detect_kind, load_reranker, rerank_run
+
+sys.path.insert(0, str(Path(__file__).parent))
+from test_pointwise import save_rankllama_layout, save_seq_cls, tiny_config, tiny_tokenizer  # noqa: E402
+
+CORPUS = Corpus.from_documents([Document(f"d{i}", f"text {i} " + "word " * i) for i in range(1, 9)])
+QUERIES = {"q1": "first", "q2": "second"}
+
+
+class LengthReranker(Reranker):
+    """Scores a document by its text length; records every score() call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], list[str], object, int | None]] = []
+
+    def score(self, queries, documents, *, config=None, batch_tokens=None, show_progress=False):
+        query_list, docs = self.pairs(queries, documents)
+        self.calls.append((query_list, [d.id for d in docs], config, batch_tokens))
+        return np.array([len(d.text) for d in docs], dtype=np.float32)
+
+
+def first_stage() -> Run:
+    # q1: d1 best ... d6 worst; q2: d8, d2, d7
+    return Run({"q1": [(f"d{i}", 10.0 - i) for i in range(1, 7)], "q2": [("d8", 3.0), ("d2", 2.0), ("d7", 1.0)]})
+
+
+def test_top_k_is_reranked_and_the_tail_keeps_first_stage_order_below():
+    out = rerank_run(first_stage(), QUERIES, CORPUS, LengthReranker(), k=3, show_progress=False)
+    assert out.doc_ids("q1") == ["d3", "d2", "d1", "d4", "d5", "d6"]
+    q1 = dict(out["q1"])
+    assert q1["d1"] == len(CORPUS["d1"].text)  # reranked: the reranker's score
+    assert max(q1["d4"], q1["d5"], q1["d6"]) < min(q1["d1"], q1["d2"], q1["d3"])
+    assert out.doc_ids("q2") == ["d8", "d7", "d2"]
+
+
+def test_pairs_are_batched_across_queries_and_arguments_passed_through():
+    reranker = LengthReranker()
+    rerank_run(first_stage(), QUERIES, CORPUS, reranker, k=4, config="cfg", batch_tokens=77, show_progress=False)
+    assert len(reranker.calls) == 1  # both queries in one score() call
+    queries, ids, config, budget = reranker.calls[0]
+    assert queries == ["first"] * 4 + ["second"] * 3
+    assert ids == ["d1", "d2", "d3", "d4", "d8", "d2", "d7"]
+    assert (config, budget) == ("cfg", 77)
+    reranker = LengthReranker()
+    rerank_run(first_stage(), QUERIES, CORPUS, reranker, k=4, pairs_per_call=2, show_progress=False)
+    assert len(reranker.calls) == 2
+
+
+def test_progress_bar_over_queries(capsys):
+    rerank_run(first_stage(), QUERIES, CORPUS, LengthReranker(), k=2, show_progress=True)
+    assert "2/2" in capsys.readouterr().err
+
+
+def test_errors_name_the_missing_query_or_document():
+    with pytest.raises(RerankInputError, match="'q2'"):
+        rerank_run(first_stage(), {"q1": "x"}, CORPUS, LengthReranker(), show_progress=False)
+    run = Run({"q1": [("d1", 2.0), ("ghost", 1.0), ("d2", 0.5)]})
+    with pytest.raises(RerankInputError, match="query 'q1'.*'ghost'"):
+        rerank_run(run, QUERIES, CORPUS, LengthReranker(), show_progress=False)
+    # a missing document below k is never fetched, so it is no error
+    out = rerank_run(run, QUERIES, CORPUS, LengthReranker(), k=1, show_progress=False)
+    assert out.doc_ids("q1") == ["d1", "ghost", "d2"]
+    with pytest.raises(ConfigError, match="at least 1"):
+        rerank_run(first_stage(), QUERIES, CORPUS, LengthReranker(), k=0)
+    with pytest.raises(RerankInputError, match="no queries"):
+        rerank_run(Run(), QUERIES, CORPUS, LengthReranker())
+
+
+def test_load_reranker_detects_the_kind(tmp_path):
+    seq_cls = save_seq_cls(tmp_path / "seqcls")
+    _, adapter = save_rankllama_layout(tmp_path / "rl")
+    assert detect_kind(seq_cls) == "pointwise" and detect_kind(adapter) == "pointwise"
+    assert detect_kind("smollm2-135m") == "matryoshka"
+    assert type(load_reranker(seq_cls, device="cpu")).__name__ == "PointwiseReranker"
+    with pytest.raises(ConfigError, match="unknown reranker kind"):
+        load_reranker(seq_cls, kind="listwise")  # type: ignore[arg-type]
+
+
+def run_cli(monkeypatch, args: list[str]) -> int:
+    from nestrank.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["nestrank", *args])
+    try:
+        main()
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    return 0
+
+
+def test_cli_reranks_a_run_with_a_pointwise_model(tiny_beir, tmp_path, monkeypatch, capsys):
+    model = save_seq_cls(tmp_path / "model")
+    run_file = tmp_path / "bm25.run"
+    Run({"q1": [("d1", 3.0), ("d2", 2.0), ("d3", 1.0)], "q2": [("d4", 2.0), ("d5", 1.0)]}).write_trec(run_file)
+    out = tmp_path / "reranked.run"
+    code = run_cli(monkeypatch, ["rerank", "--dataset", str(tiny_beir), "--split", "test", "--run", str(run_file),
+                                 "--model", str(model), "--kind", "pointwise", "--k", "2", "--out", str(out),
+                                 "--batch-tokens", "64", "--device", "cpu", "--no-progress"])
+    assert code == 0, capsys.readouterr().err
+    reranked = Run.read_trec(out)
+    assert set(reranked) == {"q1", "q2"}
+    assert reranked.doc_ids("q1")[2] == "d3"  # the tail stays below the reranked top 2
+    from nestrank.models.pointwise import PointwiseReranker
+
+    expected = PointwiseReranker.from_pretrained(model, device="cpu").score("why do cats purr",
+                                                                            Corpus.open(tiny_beir / "corpus.jsonl")
+                                                                            .get_many(["d1", "d2"]))
+    q1 = dict(reranked["q1"])
+    np.testing.assert_allclose([q1["d1"], q1["d2"]], expected, rtol=1e-5)
+    assert "reranked 4 pairs of 2 queries" in capsys.readouterr().err
+
+
+def test_cli_with_explicit_files_and_bad_inputs(tiny_beir, tmp_path, monkeypatch, capsys):
+    model = save_seq_cls(tmp_path / "model")
+    run_file = tmp_path / "first.run"
+    Run({"q3": [("d5", 1.0), ("d1", 0.5)]}).write_trec(run_file)
+    out = tmp_path / "out.run"
+    common = ["rerank", "--run", str(run_file), "--model", str(model), "--out", str(out), "--no-progress",
+              "--device", "cpu"]
+    explicit = ["--corpus", str(tiny_beir / "corpus.jsonl"), "--queries", str(tiny_beir / "queries.jsonl")]
+    assert run_cli(monkeypatch, [*common, *explicit]) == 0
+    assert Run.read_trec(out).doc_ids("q3") != []
+    out.unlink()
+    # q3 is judged in train, not test: a clear error naming it, and no output file.
+    assert run_cli(monkeypatch, [*common, "--dataset", str(tiny_beir), "--split", "test"]) == 2
+    assert "'q3'" in capsys.readouterr().err and not out.exists()
+    assert run_cli(monkeypatch, [*common, *explicit, "--config", "depth=2"]) == 2
+    assert "no run-time configuration" in capsys.readouterr().err
+    assert run_cli(monkeypatch, [*common[:4], str(tmp_path / "nope"), *common[5:], *explicit]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_quality_benchmark_runs_end_to_end_on_a_tiny_model(tiny_beir, capsys):
+    import importlib.util
+
+    path = Path(__file__).parents[1] / "bench" / "rerank_quality.py"
+    spec = importlib.util.spec_from_file_location("rerank_quality", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.sample_queries(["b", "a", "c", "d"], 2, seed=0) == bench.sample_queries(["d", "c", "b", "a"], 2, 0)
+    summary = bench.main(["--dataset", str(tiny_beir), "--model", "tiny", "--queries", "5", "--depth", "3"])
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert json.loads(last) == summary
+    assert summary["queries"] == 2 and summary["depth"] == 3 and 0 < summary["pairs"] <= 6  # q1, q2 judged in test
+    assert summary["light"]["config"] == "depth=2,compress=1:0.5" and summary["full"]["config"] == "full"
+    assert 0.0 <= summary["full"]["ndcg@10"] <= 1.0 and 0.0 <= summary["bm25"]["ndcg@10"] <= 1.0
+
+
+def test_cli_reranks_with_the_matryoshka_engine_and_a_config(tiny_beir, tmp_path, monkeypatch, capsys):
+    from transformers import LlamaForCausalLM
+
+    from nestrank.models.matryoshka import MatryoshkaReranker
+
+    model = tmp_path / "tiny-causal"
+    tokenizer = tiny_tokenizer()
+    config = tiny_config(len(tokenizer))
+    config.num_hidden_layers = 4
+    LlamaForCausalLM(config).save_pretrained(model)
+    tokenizer.save_pretrained(model)
+    assert detect_kind(model) == "matryoshka"
+    run_file = tmp_path / "first.run"
+    Run({"q1": [("d1", 3.0), ("d2", 2.0), ("d3", 1.0)], "q2": [("d4", 1.0), ("d2", 0.5)]}).write_trec(run_file)
+    out = tmp_path / "light.run"
+    args = ["rerank", "--dataset", str(tiny_beir), "--run", str(run_file), "--model", str(model), "--out", str(out),
+            "--no-progress", "--device", "cpu", "--dtype", "float32", "--k", "3"]
+    assert run_cli(monkeypatch, [*args, "--config", "depth=2,compress=1:0.5"]) == 0, capsys.readouterr().err
+    reranker = MatryoshkaReranker.from_pretrained(model, device="cpu", dtype="float32")
+    docs = Corpus.open(tiny_beir / "corpus.jsonl").get_many(["d4", "d2"])
+    expected = reranker.score("where do birds go in winter", docs, config="depth=2,compress=1:0.5")
+    q2 = dict(Run.read_trec(out)["q2"])
+    np.testing.assert_allclose([q2["d4"], q2["d2"]], expected, rtol=1e-5)
+    out.unlink()
+    assert run_cli(monkeypatch, [*args, "--config", "depth=9"]) == 2
+    assert "depth" in capsys.readouterr().err and not out.exists()
