@@ -15,6 +15,7 @@ from test_backbone import make_tiny_llama  # noqa: E402
 from nestrank.data import Document  # noqa: E402
 from nestrank.errors import ConfigError, DataFormatError  # noqa: E402
 from nestrank.models.backbone import load_backbone  # noqa: E402
+from nestrank.models.batching import token_budget_batches  # noqa: E402
 from nestrank.models.dense import DenseEncoder, EncoderConfig, encoder_config  # noqa: E402
 from nestrank.models.pooling import last_token_index, pool  # noqa: E402
 
@@ -77,7 +78,7 @@ def test_overlong_texts_are_truncated_to_max_length_with_eos_last(tiny_dir):
 def test_order_is_preserved_under_length_sorting(tiny_dir):
     encoder = _encoder(tiny_dir, batch_tokens=40)  # forces several batches
     lengths = [len(ids) for ids in encoder.tokenize(["passage: " + t for t in TEXTS], 196)]
-    batches = encoder.batches(lengths)
+    batches = token_budget_batches(lengths, encoder.batch_tokens)
     assert len(batches) > 1
     assert sorted(i for batch in batches for i in batch) == list(range(len(TEXTS)))
     assert all(len(batch) * max(lengths[i] for i in batch) <= 40 for batch in batches)

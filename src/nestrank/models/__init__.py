@@ -1,9 +1,25 @@
-"""Models: backbone loading, pooling and the dense bi-encoder.
+"""Models: backbone loading, pooling, the dense bi-encoder and the rerankers.
 
 Importing this package is cheap; torch and transformers load on first use.
 """
 
 from nestrank.models.backbone import load_backbone, resolve_device, resolve_dtype
 from nestrank.models.dense import DenseEncoder, EncoderConfig
+from nestrank.models.matryoshka import MatryoshkaReranker
+from nestrank.models.matryoshka_config import MatryoshkaConfig, parse_config
+from nestrank.models.pointwise import PointwiseReranker
+from nestrank.models.reranker import RankedDocument, Reranker
 
-__all__ = ["DenseEncoder", "EncoderConfig", "load_backbone", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "DenseEncoder",
+    "EncoderConfig",
+    "MatryoshkaConfig",
+    "MatryoshkaReranker",
+    "PointwiseReranker",
+    "RankedDocument",
+    "Reranker",
+    "load_backbone",
+    "parse_config",
+    "resolve_device",
+    "resolve_dtype",
+]

@@ -26,6 +26,7 @@ import numpy as np
 
 from nestrank.data.corpus import Document
 from nestrank.errors import ConfigError, DataFormatError
+from nestrank.models.batching import map_batches
 from nestrank.models.pooling import POOLINGS, Pooling, pool
 
 if TYPE_CHECKING:
@@ -204,31 +205,18 @@ class DenseEncoder:
             ids.extend(chunk if eos is None else [row if row and row[-1] == eos else row + [eos] for row in chunk])
         return ids
 
-    def batches(self, lengths: Sequence[int]) -> list[list[int]]:
-        """Group positions into batches: longest first, each within the token budget."""
-        order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
-        batches: list[list[int]] = []
-        for i in order:
-            if batches and (len(batches[-1]) + 1) * lengths[batches[-1][0]] <= self.batch_tokens:
-                batches[-1].append(i)
-            else:
-                batches.append([i])
-        return batches
-
     def _encode(self, texts: list[str], max_length: int, unit: str) -> np.ndarray:
         import torch
         from tqdm.auto import tqdm
 
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
-            return out
+            return np.zeros((0, self.dim), dtype=np.float32)
         ids = self.tokenize(texts, max_length)
         with torch.inference_mode(), tqdm(total=len(texts), desc=f"encoding {unit} texts", unit=unit,
                                           disable=not self.show_progress) as progress:
-            for batch in self.batches([len(row) for row in ids]):
-                out[batch] = self._forward([ids[i] for i in batch]).cpu().numpy()
-                progress.update(len(batch))
-        return out
+            return map_batches(lambda batch: self._forward([ids[i] for i in batch]).cpu().numpy(),
+                               [len(row) for row in ids], batch_tokens=self.batch_tokens,
+                               on_batch_done=progress.update).astype(np.float32, copy=False)
 
     def _forward(self, rows: list[list[int]]) -> torch.Tensor:
         """Embed one batch of token-id rows (padded here on the tokenizer's side)."""

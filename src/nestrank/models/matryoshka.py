@@ -66,6 +66,10 @@ __all__ = ["DEFAULT_PROMPT", "DEFAULT_TEMPLATE", "MatryoshkaReranker", "ConfigLi
 
 DEFAULT_TEMPLATE = "A: {query}\nB: {passage}\n"
 DEFAULT_PROMPT = "Predict whether passage B contains an answer to query A."
+SETTINGS_FILE = "nestrank.json"
+HEADS_FILE = "heads.safetensors"
+#: Constructor arguments a checkpoint records, so it reranks exactly as it was trained.
+SAVED_SETTINGS = ("template", "prompt", "yes_token", "max_passage_tokens", "max_query_tokens")
 ConfigLike = MatryoshkaConfig | str | None
 Importance = Literal["row", "eager"]
 
@@ -157,6 +161,8 @@ class MatryoshkaReranker(Reranker):
         self.max_passage_tokens = max_passage_tokens
         self.max_query_tokens = max_query_tokens
         self.importance = importance
+        self.yes_token = yes_token
+        self.base_model: str | None = None  # what from_pretrained loaded; a checkpoint refers to it
         self.num_layers = len(decoder.layers)
         self._prefix_ids = _leading_special_ids(tokenizer)
         yes_ids = tokenizer(yes_token, add_special_tokens=False)["input_ids"]
@@ -192,9 +198,59 @@ class MatryoshkaReranker(Reranker):
         """
         from nestrank.models.backbone import load_backbone
 
-        model, tokenizer = load_backbone(name_or_path, task="causal-lm", dtype=dtype, device=device,
+        settings = _checkpoint_settings(Path(name_or_path))
+        base = str(name_or_path) if settings is None else settings["base_model"]
+        if settings is not None:
+            kwargs = {**settings["reranker"], **kwargs}
+        model, tokenizer = load_backbone(base, task="causal-lm", dtype=dtype, device=device,
                                          attn_implementation="eager" if importance == "eager" else "sdpa")
-        return cls(model, tokenizer, importance=importance, **kwargs)
+        reranker = cls(model, tokenizer, importance=importance, **kwargs)
+        reranker.base_model = base
+        if settings is not None:
+            reranker._load_heads(Path(name_or_path) / HEADS_FILE)
+        return reranker
+
+    def save_pretrained(self, path: str | Path, *, base_model: str | None = None) -> Path:
+        """Write a Matryoshka checkpoint directory atomically and return its path.
+
+        Layout: ``nestrank.json`` (``kind``, ``base_model``, the reranker settings) and
+        ``heads.safetensors`` (``heads.<layer>.weight``/``.bias`` for every layer). The
+        backbone is not copied: ``base_model`` (default: what :meth:`from_pretrained` loaded)
+        names it, as a preset, hub id or path. :meth:`from_pretrained` loads the directory.
+        """
+        import json
+
+        from safetensors.torch import save_file
+
+        from nestrank.files import atomic_dir
+
+        base = base_model or self.base_model
+        if base is None:
+            raise ConfigError("this reranker was not loaded with from_pretrained: pass base_model= (a preset, "
+                              "hub id or path of its backbone) to save_pretrained")
+        if Path(base).exists():
+            base = str(Path(base).resolve())
+        settings = {"kind": "matryoshka", "format_version": 1, "base_model": base,
+                    "reranker": {name: getattr(self, name) for name in SAVED_SETTINGS}}
+        tensors = {f"heads.{name}": t.detach().cpu().contiguous() for name, t in self.heads.state_dict().items()}
+        with atomic_dir(path, SETTINGS_FILE, "a nestrank checkpoint") as staging:
+            save_file(tensors, staging / HEADS_FILE)
+            (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        return Path(path)
+
+    def _load_heads(self, path: Path) -> None:
+        from safetensors.torch import load_file
+
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing (fix: the checkpoint is incomplete; save it again)")
+        tensors = load_file(path)
+        expected = {f"heads.{name}" for name in self.heads.state_dict()}
+        if set(tensors) != expected:
+            extra, missing = sorted(set(tensors) - expected), sorted(expected - set(tensors))
+            raise ConfigError(f"{path}: heads do not match the {self.num_layers}-layer backbone (unexpected: "
+                              f"{', '.join(extra) or 'none'}; missing: {', '.join(missing) or 'none'}) (fix: load "
+                              "it on the base model it was trained on)")
+        self.heads.load_state_dict({k.removeprefix("heads."): v for k, v in tensors.items()})
 
     # ----------------------------------------------------------------- public API
 
@@ -454,6 +510,27 @@ class MatryoshkaReranker(Reranker):
             in_effect.append(factors[row][layer] if plans[-1] else state.factors[row])
         hidden, positions, layouts = merge_rows(hidden, state.positions, state.layouts, plans, importance)
         return hidden, self._state(hidden, positions, layouts, in_effect)
+
+
+def _checkpoint_settings(path: Path) -> dict | None:
+    """The settings of a Matryoshka checkpoint directory, or ``None`` for anything else."""
+    import json
+
+    file = path / SETTINGS_FILE
+    if not file.is_file():
+        return None
+    try:
+        settings = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read the checkpoint settings ({exc})") from None
+    if not isinstance(settings, dict) or settings.get("kind") != "matryoshka":
+        raise ConfigError(f"{file}: not a Matryoshka checkpoint (kind {settings.get('kind')!r}) "
+                          "(fix: load it with the reranker class it was written by)")
+    unknown = set(settings.get("reranker", {})) - set(SAVED_SETTINGS)
+    if "base_model" not in settings or unknown:
+        raise ConfigError(f"{file}: malformed Matryoshka checkpoint settings (needs base_model; unknown "
+                          f"settings: {', '.join(sorted(unknown)) or 'none'})")
+    return settings
 
 
 def _move_space(text: str, slot: str) -> tuple[str, str]:

@@ -19,17 +19,14 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import os
-import shutil
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from nestrank import __version__
 from nestrank.data import Run
-from nestrank.errors import ConfigError, DataFormatError
-from nestrank.files import atomic_write
+from nestrank.errors import DataFormatError
+from nestrank.files import atomic_dir, atomic_write
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -105,32 +102,10 @@ def open_index(directory: str | Path, mmap: bool = True) -> SearchIndex:
     return cls.load(directory, mmap=mmap)
 
 
-@contextlib.contextmanager
-def staged_index_dir(out: str | Path) -> Iterator[Path]:
+def staged_index_dir(out: str | Path) -> contextlib.AbstractContextManager[Path]:
     """Yield an empty temporary directory next to ``out``; move it to ``out`` on success.
 
-    An existing ``out`` is replaced only if it is an index (has a manifest) or is empty;
-    any other existing path is refused, so a typo cannot wipe a user's folder. On error
-    the temporary directory is removed and ``out`` is left as it was.
+    An existing ``out`` is replaced only if it is an index (has a manifest) or is empty (see
+    :func:`nestrank.files.atomic_dir`).
     """
-    out = Path(out)
-    if out.exists() and not (out.is_dir() and ((out / MANIFEST).is_file() or not any(out.iterdir()))):
-        raise ConfigError(f"{out} exists and is not a nestrank index; refusing to overwrite it "
-                          "(choose another --out or remove it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it owner-only; give it a normal folder's mode
-    try:
-        yield staging
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-            out.rename(old / "index")
-            staging.rename(out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    return atomic_dir(out, MANIFEST, "a nestrank index")

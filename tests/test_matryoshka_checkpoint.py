@@ -1,0 +1,75 @@
+"""The Matryoshka checkpoint: one directory (base reference, heads, settings), safetensors only."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from test_matryoshka import DOCS, QUERY, byte_tokenizer, tiny_llama
+
+from nestrank.errors import ConfigError
+from nestrank.models.matryoshka import MatryoshkaReranker
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("base")
+    tiny_llama().save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def trained(base_dir):
+    reranker = MatryoshkaReranker.from_pretrained(str(base_dir), dtype="float32", device="cpu",
+                                                  max_passage_tokens=40, prompt="Relevant?")
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for head in reranker.heads.values():
+            head.weight.normal_()
+            head.bias.normal_()
+    return reranker
+
+
+def test_checkpoint_layout_and_round_trip(trained, base_dir, tmp_path):
+    ckpt = trained.save_pretrained(tmp_path / "ckpt")
+    assert sorted(p.name for p in ckpt.iterdir()) == ["heads.safetensors", "nestrank.json"]
+    settings = json.loads((ckpt / "nestrank.json").read_text())
+    assert settings["kind"] == "matryoshka"
+    assert settings["base_model"] == str(base_dir)
+    assert settings["reranker"]["prompt"] == "Relevant?" and settings["reranker"]["max_passage_tokens"] == 40
+    heads = load_file(ckpt / "heads.safetensors")
+    assert sorted(heads) == sorted(f"heads.{n}.{p}" for n in range(1, 7) for p in ("weight", "bias"))
+
+    loaded = MatryoshkaReranker.from_pretrained(str(ckpt), dtype="float32", device="cpu")
+    for config in (None, "depth=3", "depth=5,compress=2:0.5"):
+        np.testing.assert_allclose(loaded.score(QUERY, DOCS, config=config),
+                                   trained.score(QUERY, DOCS, config=config), atol=1e-6)
+    fresh = MatryoshkaReranker.from_pretrained(str(base_dir), dtype="float32", device="cpu", max_passage_tokens=40,
+                                               prompt="Relevant?")
+    assert not np.allclose(fresh.score(QUERY, DOCS), loaded.score(QUERY, DOCS))
+
+
+def test_saving_over_a_foreign_directory_is_refused(trained, tmp_path):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="refusing to overwrite"):
+        trained.save_pretrained(tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_damaged_checkpoints_fail_clearly(trained, tmp_path):
+    ckpt = trained.save_pretrained(tmp_path / "ckpt")
+    heads = load_file(ckpt / "heads.safetensors")
+    save_file({**heads, "heads.9.weight": heads["heads.1.weight"].clone()}, ckpt / "heads.safetensors")
+    with pytest.raises(ConfigError, match="heads.9.weight"):
+        MatryoshkaReranker.from_pretrained(str(ckpt), device="cpu")
+    (ckpt / "heads.safetensors").unlink()
+    with pytest.raises(ConfigError, match="heads.safetensors"):
+        MatryoshkaReranker.from_pretrained(str(ckpt), device="cpu")
+    (ckpt / "nestrank.json").write_text(json.dumps({"kind": "pointwise"}))
+    with pytest.raises(ConfigError, match="not a Matryoshka checkpoint"):
+        MatryoshkaReranker.from_pretrained(str(ckpt), device="cpu")
