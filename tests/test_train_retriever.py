@@ -169,3 +169,6 @@ def test_broken_checkpoint_settings_fail_clearly(tmp_path):
     (tmp_path / "nestrank.json").write_text("{", encoding="utf-8")
     with pytest.raises(ConfigError, match="cannot read the encoder settings"):
         DenseEncoder.from_pretrained(tmp_path)
+    (tmp_path / "nestrank.json").write_text('{"kind": "matryoshka"}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="not a dense-encoder checkpoint"):
+        DenseEncoder.from_pretrained(tmp_path)

@@ -99,8 +99,11 @@ def trained_encoder_settings(name_or_path: str | Path) -> dict[str, Any]:
         settings = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read the encoder settings ({exc}) (fix: restore or delete the file)") from None
-    if not isinstance(settings, dict) or not isinstance(settings.get("encoder", {}), dict):
-        raise ConfigError(f"{path}: not nestrank encoder settings (fix: restore or delete the file)")
+    if not isinstance(settings, dict) or settings.get("kind") != "dense-encoder" \
+            or not isinstance(settings.get("encoder"), dict):
+        kind = settings.get("kind") if isinstance(settings, dict) else None
+        raise ConfigError(f"{path}: not a dense-encoder checkpoint (its kind is {kind!r}; fix: load it with the "
+                          "class that wrote it, e.g. the Matryoshka reranker)")
     return settings
 
 
