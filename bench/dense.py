@@ -44,7 +44,7 @@ def exact_search(query_vectors: np.ndarray, doc_vectors: np.ndarray, query_ids: 
     return Run({qid: [(doc_ids[j], float(scores[row, j])) for j in top[row]] for row, qid in enumerate(query_ids)})
 
 
-def minilm(docs: list[Document], queries: Queries, qrels: Qrels, chunks: int, batch_tokens: int) -> dict:
+def minilm(docs: list[Document], queries: Queries, qrels: Qrels, chunks: int, batch_tokens: int | None) -> dict:
     """MiniLM through nestrank and through sentence-transformers on the same texts."""
     from sentence_transformers import SentenceTransformer
 
@@ -74,7 +74,7 @@ def minilm(docs: list[Document], queries: Queries, qrels: Qrels, chunks: int, ba
     return {
         "scores": scores, "st_scores": st_scores, "doc_vectors": doc_vectors, "query_vectors": query_vectors,
         "encode_docs_per_s": len(texts) / seconds["nestrank"], "st_encode_docs_per_s": len(texts) / seconds["st"],
-        "max_abs_diff_vs_st": max_diff, "batch_tokens": batch_tokens,
+        "max_abs_diff_vs_st": max_diff, "batch_tokens": encoder.batch_tokens,
     }
 
 
@@ -87,7 +87,7 @@ def judged_subset(docs: list[Document], qrels: Qrels, size: int, seed: int = 0) 
     return sorted(chosen)
 
 
-def smollm2(docs: list[Document], queries: Queries, passage_max_length: int, batch_tokens: int) -> dict:
+def smollm2(docs: list[Document], queries: Queries, passage_max_length: int, batch_tokens: int | None) -> dict:
     """Zero-shot SmolLM2 embeddings with RepLLaMA's settings."""
     start = time.perf_counter()
     encoder = DenseEncoder.from_pretrained("smollm2-135m", "repllama", device="cpu", batch_tokens=batch_tokens,
@@ -107,7 +107,8 @@ def main() -> None:
     parser.add_argument("--dataset", required=True, help="BEIR directory (SciFact)")
     parser.add_argument("--split", default="test")
     parser.add_argument("--chunks", type=int, default=4, help="corpus pieces for alternating timing")
-    parser.add_argument("--batch-tokens", type=int, default=16384, help="nestrank token budget per batch (MiniLM)")
+    parser.add_argument("--batch-tokens", type=int, default=None,
+                        help="nestrank token budget per batch (default: the encoder's, 4096 on CPU)")
     parser.add_argument("--no-minilm", action="store_true", help="skip the MiniLM / sentence-transformers part")
     parser.add_argument("--smollm2-docs", type=int, default=1000, help="document subset size for SmolLM2 (0: skip)")
     parser.add_argument("--smollm2-passage-max-length", type=int, default=128)

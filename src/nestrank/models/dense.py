@@ -107,6 +107,10 @@ def trained_encoder_settings(name_or_path: str | Path) -> dict[str, Any]:
     return settings
 
 
+CPU_BATCH_TOKENS = 4096
+GPU_BATCH_TOKENS = 32768
+
+
 class DenseEncoder:
     """Encode queries and passages into vectors whose dot product is the relevance score.
 
@@ -115,16 +119,19 @@ class DenseEncoder:
         tokenizer: its tokenizer (with a pad token; :func:`load_backbone` ensures one).
         config: pooling, prefixes, EOS, normalisation, max lengths (default: RepLLaMA's).
         batch_tokens: token budget per batch (padded length x batch size); a text longer
-            than the budget is a batch of its own.
+            than the budget is a batch of its own. Default: 4,096 on CPU (cache-sized
+            batches: 1.2x faster than 16,384 for MiniLM on 2 cores here), 32,768 on GPUs.
         show_progress: show a progress bar while encoding.
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: EncoderConfig | None = None,
-                 *, batch_tokens: int = 16384, show_progress: bool = True) -> None:
+                 *, batch_tokens: int | None = None, show_progress: bool = True) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.config = config or EncoderConfig()
         self.show_progress = show_progress
+        if batch_tokens is None:
+            batch_tokens = CPU_BATCH_TOKENS if self.device.type == "cpu" else GPU_BATCH_TOKENS
         self.batch_tokens = batch_tokens
         if self.config.append_eos and tokenizer.eos_token_id is None:
             raise ConfigError(f"append_eos=True but tokenizer {tokenizer.name_or_path!r} has no EOS token")
@@ -136,7 +143,7 @@ class DenseEncoder:
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, preset: str | None = None, *, dtype: str = "auto",
-                        device: str | None = None, merge_lora: bool = True, batch_tokens: int = 16384,
+                        device: str | None = None, merge_lora: bool = True, batch_tokens: int | None = None,
                         show_progress: bool = True, load_options: dict[str, Any] | None = None,
                         **overrides: Any) -> DenseEncoder:
         """Load a backbone with :func:`load_backbone` and wrap it.
@@ -217,12 +224,16 @@ class DenseEncoder:
         ids = self.tokenize(texts, max_length)
         with torch.inference_mode(), tqdm(total=len(texts), desc=f"encoding {unit} texts", unit=unit,
                                           disable=not self.show_progress) as progress:
-            return map_batches(lambda batch: self._forward([ids[i] for i in batch]).cpu().numpy(),
+            return map_batches(lambda batch: self.embed_token_ids([ids[i] for i in batch]).cpu().numpy(),
                                [len(row) for row in ids], batch_tokens=self.batch_tokens,
                                on_batch_done=progress.update).astype(np.float32, copy=False)
 
-    def _forward(self, rows: list[list[int]]) -> torch.Tensor:
-        """Embed one batch of token-id rows (padded here on the tokenizer's side)."""
+    def embed_token_ids(self, rows: list[list[int]]) -> torch.Tensor:
+        """Embed one batch of token-id rows from :meth:`tokenize` (padded here on the tokenizer's side).
+
+        Runs with autograd when called outside ``torch.inference_mode`` (the trainer does), so
+        training and inference share one forward, pooling and normalisation.
+        """
         import torch
 
         width = max(len(row) for row in rows)

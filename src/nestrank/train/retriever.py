@@ -104,7 +104,7 @@ def embedding_module(encoder: DenseEncoder) -> torch.nn.Module:
             self.backbone = encoder.model
 
         def forward(self, rows: list[list[int]]) -> torch.Tensor:
-            return encoder._forward(rows)
+            return encoder.embed_token_ids(rows)
 
     return EmbeddingModule()
 
