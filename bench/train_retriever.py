@@ -33,13 +33,12 @@ from pathlib import Path
 
 import numpy as np
 
-from nestrank.cli.train import parse_overrides
 from nestrank.data import Corpus, Dataset, Qrels, Queries, Run
 from nestrank.evaluate import evaluate
 from nestrank.models.dense import DenseEncoder
 from nestrank.retrieve.dense_index import exact_top_k
 from nestrank.retrieve.encode import Embeddings, encode_corpus
-from nestrank.train.config import load_config
+from nestrank.train.config import load_config, parse_overrides
 from nestrank.train.mining import mine_to_file
 from nestrank.train.retriever import LOG_FILE, VALIDATION_FILE, train_retriever
 

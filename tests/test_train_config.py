@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from nestrank.cli.train import parse_overrides
 from nestrank.errors import ConfigError
-from nestrank.train.config import REPLLAMA_LORA_TARGETS, config_from_dict, load_config
+from nestrank.train.config import REPLLAMA_LORA_TARGETS, config_from_dict, load_config, parse_overrides
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 MINIMAL = {"data": {"train_groups": "g.jsonl"}, "train": {"output_dir": "out"}}

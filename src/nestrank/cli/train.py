@@ -19,23 +19,6 @@ train_app = typer.Typer(help="Train retrievers and rerankers from a TOML config.
 app.add_typer(train_app, name="train")
 
 
-def parse_overrides(items: list[str]) -> dict[str, object]:
-    """``section.key=VALUE`` strings to a dict; VALUE is read as TOML (``5``, ``true``, ``"x"``), else kept as text."""
-    from nestrank.errors import ConfigError
-    from nestrank.train.config import tomllib
-
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: write section.key=VALUE, e.g. train.max_steps=10")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = raw
-    return out
-
-
 @train_app.command("retriever")
 def train_retriever_command(
     config: Annotated[Path, typer.Option("--config", "-c", help="Trainer TOML config (see recipes/).",
@@ -45,7 +28,7 @@ def train_retriever_command(
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Train a dense retriever contrastively (InfoNCE, hard + in-batch negatives, LoRA or full)."""
-    from nestrank.train.config import load_config
+    from nestrank.train.config import load_config, parse_overrides
     from nestrank.train.retriever import train_retriever
 
     result = train_retriever(load_config(config, parse_overrides(overrides or [])), progress=progress)

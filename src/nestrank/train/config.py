@@ -224,3 +224,17 @@ def _check_type(value: Any, hint: Any, key: str, where: str) -> Any:
 def _suggest(name: str, known: Any) -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def parse_overrides(items: list[str]) -> dict[str, object]:
+    """``section.key=VALUE`` strings to a dict; VALUE is read as TOML (``5``, ``true``, ``"x"``), else kept as text."""
+    out: dict[str, object] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: write section.key=VALUE, e.g. train.max_steps=10")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = raw
+    return out
