@@ -73,3 +73,31 @@ def test_damaged_checkpoints_fail_clearly(trained, tmp_path):
     (ckpt / "nestrank.json").write_text(json.dumps({"kind": "pointwise"}))
     with pytest.raises(ConfigError, match="not a Matryoshka checkpoint"):
         MatryoshkaReranker.from_pretrained(str(ckpt), device="cpu")
+
+
+def test_compensation_round_trips_in_the_checkpoint(trained, tmp_path):
+    from nestrank.models.compensation import CompensationSettings, FactorizedCompensation
+
+    reranker = trained
+    compensation = FactorizedCompensation(reranker.decoder.layers, CompensationSettings(r=2, alpha=4, factors=(2,)))
+    with torch.no_grad():
+        for p in compensation.parameters():
+            p.normal_(0.0, 0.3)
+    reranker.set_compensation(compensation)
+    try:
+        config = "depth=4,compress=2:0.5"
+        expected = reranker.score(QUERY, DOCS, config=config)
+        out = reranker.save_pretrained(tmp_path / "ckpt")
+        assert sorted(p.name for p in out.iterdir()) == ["compensation.safetensors", "heads.safetensors",
+                                                         "nestrank.json"]
+        settings = json.loads((out / "nestrank.json").read_text())
+        assert settings["compensation"]["factors"] == [2] and settings["compensation"]["r"] == 2
+        loaded = MatryoshkaReranker.from_pretrained(out)
+        assert loaded.compensation is not None
+        assert loaded.score(QUERY, DOCS, config=config) == pytest.approx(expected, abs=1e-5)
+
+        (out / "compensation.safetensors").unlink()
+        with pytest.raises(ConfigError, match="compensation.safetensors is missing"):
+            MatryoshkaReranker.from_pretrained(out)
+    finally:
+        reranker.set_compensation(None)

@@ -44,7 +44,7 @@ for merged ones, so query and prompt keep their positions and relative distances
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -62,12 +62,15 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from nestrank.models.compensation import FactorizedCompensation
+
 __all__ = ["DEFAULT_PROMPT", "DEFAULT_TEMPLATE", "MatryoshkaReranker", "ConfigLike"]
 
 DEFAULT_TEMPLATE = "A: {query}\nB: {passage}\n"
 DEFAULT_PROMPT = "Predict whether passage B contains an answer to query A."
 SETTINGS_FILE = "nestrank.json"
 HEADS_FILE = "heads.safetensors"
+COMPENSATION_FILE = "compensation.safetensors"
 #: Constructor arguments a checkpoint records, so it reranks exactly as it was trained.
 SAVED_SETTINGS = ("template", "prompt", "yes_token", "max_passage_tokens", "max_query_tokens")
 ConfigLike = MatryoshkaConfig | str | None
@@ -163,6 +166,7 @@ class MatryoshkaReranker(Reranker):
         self.importance = importance
         self.yes_token = yes_token
         self.base_model: str | None = None  # what from_pretrained loaded; a checkpoint refers to it
+        self.compensation: FactorizedCompensation | None = None
         self.num_layers = len(decoder.layers)
         self._prefix_ids = _leading_special_ids(tokenizer)
         yes_ids = tokenizer(yes_token, add_special_tokens=False)["input_ids"]
@@ -208,13 +212,17 @@ class MatryoshkaReranker(Reranker):
         reranker.base_model = base
         if settings is not None:
             reranker._load_heads(Path(name_or_path) / HEADS_FILE)
+            if "compensation" in settings:
+                reranker._load_compensation(Path(name_or_path) / COMPENSATION_FILE, settings["compensation"])
         return reranker
 
     def save_pretrained(self, path: str | Path, *, base_model: str | None = None) -> Path:
         """Write a Matryoshka checkpoint directory atomically and return its path.
 
-        Layout: ``nestrank.json`` (``kind``, ``base_model``, the reranker settings) and
-        ``heads.safetensors`` (``heads.<layer>.weight``/``.bias`` for every layer). The
+        Layout: ``nestrank.json`` (``kind``, ``base_model``, the reranker settings, and the
+        ``compensation`` settings when one is set), ``heads.safetensors``
+        (``heads.<layer>.weight``/``.bias`` for every layer) and, with a compensation,
+        ``compensation.safetensors`` (its V-/H-LoRA tensors, see :mod:`nestrank.models.compensation`). The
         backbone is not copied: ``base_model`` (default: what :meth:`from_pretrained` loaded)
         names it, as a preset, hub id or path. :meth:`from_pretrained` loads the directory.
         """
@@ -233,8 +241,13 @@ class MatryoshkaReranker(Reranker):
         settings = {"kind": "matryoshka", "format_version": 1, "base_model": base,
                     "reranker": {name: getattr(self, name) for name in SAVED_SETTINGS}}
         tensors = {f"heads.{name}": t.detach().cpu().contiguous() for name, t in self.heads.state_dict().items()}
+        if self.compensation is not None:
+            settings["compensation"] = self.compensation.settings.to_dict()
         with atomic_dir(path, SETTINGS_FILE, "a nestrank checkpoint") as staging:
             save_file(tensors, staging / HEADS_FILE)
+            if self.compensation is not None:
+                save_file({name: t.detach().cpu().contiguous() for name, t in self.compensation.state_dict().items()},
+                          staging / COMPENSATION_FILE)
             (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
         return Path(path)
 
@@ -251,6 +264,22 @@ class MatryoshkaReranker(Reranker):
                               f"{', '.join(extra) or 'none'}; missing: {', '.join(missing) or 'none'}) (fix: load "
                               "it on the base model it was trained on)")
         self.heads.load_state_dict({k.removeprefix("heads."): v for k, v in tensors.items()})
+
+    def _load_compensation(self, path: Path, settings: dict) -> None:
+        from safetensors.torch import load_file
+
+        from nestrank.models.compensation import CompensationSettings, FactorizedCompensation
+
+        if not path.is_file():
+            raise ConfigError(f"{path} is missing (fix: the checkpoint is incomplete; save it again)")
+        compensation = FactorizedCompensation(self.decoder.layers, CompensationSettings.from_dict(settings))
+        tensors = load_file(path, device=str(self.decoder.embed_tokens.weight.device))
+        expected = set(compensation.state_dict())
+        if set(tensors) != expected:
+            raise ConfigError(f"{path}: the V-/H-LoRA tensors do not match the settings in {SETTINGS_FILE} "
+                              f"({len(set(tensors) - expected)} unexpected, {len(expected - set(tensors))} missing)")
+        compensation.load_state_dict(tensors)
+        self.set_compensation(compensation)
 
     # ----------------------------------------------------------------- public API
 
@@ -364,11 +393,13 @@ class MatryoshkaReranker(Reranker):
             for layer in range(1, exits[-1] + 1):
                 compress = layer in steps and any(
                     t[layer] < layout.length for t, layout in zip(targets, state.layouts, strict=True))
-                if compress and attentions is None:
-                    importance = self._attention_row(layer, hidden, state)
-                hidden = self.run_layer(layer, hidden, state)
+                with self._adapters(layer, state):
+                    if compress and attentions is None:
+                        with torch.no_grad():
+                            importance = self._attention_row(layer, hidden, state)
+                    hidden = self.run_layer(layer, hidden, state)
                 if compress and attentions is not None:
-                    importance = attentions[layer][:, :, -1, :].float().mean(dim=1).cpu().numpy()
+                    importance = attentions[layer][:, :, -1, :].detach().float().mean(dim=1).cpu().numpy()
                 if layer in exits:
                     head = self.heads[str(layer)]
                     last = self.decoder.norm(hidden[:, -1]).to(head.weight.device)
@@ -376,6 +407,29 @@ class MatryoshkaReranker(Reranker):
                 if compress:
                     hidden, state = self._merge(layer, hidden, state, importance, targets, factors)
         return torch.stack(scores, dim=1)
+
+    # ----------------------------------------------------------------- compensation
+
+    def set_compensation(self, compensation: FactorizedCompensation | None) -> None:
+        """Use a :class:`~nestrank.models.compensation.FactorizedCompensation` (V-/H-LoRA) from now on; ``None`` removes it.
+
+        Layer ``l`` then runs with ``V-LoRA_l + H-LoRA_k`` for the factor ``k`` in effect for each
+        row, chosen per call from the configuration; nothing is merged into the weights.
+        """
+        if self.compensation is not None:
+            self.compensation.detach()
+        if compensation is not None:
+            if compensation.num_layers != self.num_layers:
+                raise ConfigError(f"the compensation was built for {compensation.num_layers} layers, this model "
+                                  f"has {self.num_layers}")
+            compensation.attach()
+        self.compensation = compensation
+
+    def _adapters(self, layer: int, state: BatchState):
+        """Context in which layer ``layer``'s work (its attention row, the layer) runs: the compensation's adapters."""
+        if self.compensation is None:
+            return nullcontext()
+        return self.compensation.active(layer, state.factors)
 
     # ----------------------------------------------------------------- internals
 
@@ -449,7 +503,10 @@ class MatryoshkaReranker(Reranker):
         return BatchState(positions, layouts, mask, rope, factors)
 
     def _attention_row(self, layer: int, hidden: torch.Tensor, state: BatchState) -> np.ndarray:
-        """Layer ``layer``'s attention of the last token over every token, mean over heads: ``(B, L)``."""
+        """Layer ``layer``'s attention of the last token over every token, mean over heads: ``(B, L)``.
+
+        The engine calls it under ``no_grad``: merge weights are constants in training.
+        """
         import torch
         from transformers.models.llama.modeling_llama import rotate_half
 
@@ -527,6 +584,8 @@ def _checkpoint_settings(path: Path) -> dict | None:
         raise ConfigError(f"{file}: not a Matryoshka checkpoint (kind {settings.get('kind')!r}) "
                           "(fix: load it with the reranker class it was written by)")
     unknown = set(settings.get("reranker", {})) - set(SAVED_SETTINGS)
+    if not isinstance(settings.get("compensation", {}), dict):
+        raise ConfigError(f"{file}: 'compensation' must be an object of V-/H-LoRA settings")
     if "base_model" not in settings or unknown:
         raise ConfigError(f"{file}: malformed Matryoshka checkpoint settings (needs base_model; unknown "
                           f"settings: {', '.join(sorted(unknown)) or 'none'})")

@@ -1,0 +1,119 @@
+"""Losses for reranker training: group contrast and cascaded self-distillation.
+
+Layout: scores of one batch are ``(B, G)``, query ``i``'s group of ``G`` candidates in row
+``i`` with the positive in column 0 and ``G - 1`` hard negatives after it (RankLLaMA's
+recipe: no in-batch negatives, since a cross-encoder scores each pair separately).
+
+Cascaded self-distillation (Matryoshka Re-Ranker, section 3.2, Eq. 9) as implemented here.
+Teachers ``T`` are full-width exits at chosen layers, read from one pass; students ``S`` are
+sampled sub-structures (an exit layer and a width configuration). With ``p_x`` the softmax
+of structure ``x``'s group scores divided by the temperature ``tau``, ``sg`` a stop-gradient
+and ``CE`` the hard-label loss ``-log p_x[0]``::
+
+    L = sum_{t in T} CE(s_t)
+      + sum_{s in S} [ CE(s_s) + sum_{t in T, depth(t) >= depth(s)} KL(sg(p_t) || p_s) ]
+
+each term averaged over the ``B`` queries. A student learns from every teacher that is its
+super-architecture (at least as deep, full width); teachers learn from the labels only.
+The KL term is ``sum_j p_t[j] (log p_t[j] - log p_s[j])``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DistillationLoss", "StudentScores", "cascaded_self_distillation", "distillation_kl", "group_cross_entropy"]
+
+
+def _check_groups(name: str, scores: torch.Tensor) -> None:
+    if scores.dim() != 2 or scores.shape[1] < 2:
+        raise ValueError(f"{name}: expected group scores (B, G) with G >= 2, got shape {tuple(scores.shape)}")
+
+
+def group_cross_entropy(scores: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Mean over queries of ``-log softmax(scores / temperature)[:, 0]`` (positive in column 0), in fp32."""
+    import torch
+    import torch.nn.functional as F
+
+    _check_groups("group_cross_entropy", scores)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    target = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
+    return F.cross_entropy(scores.float() / temperature, target)
+
+
+def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Mean over queries of ``KL(sg(p_teacher) || p_student)`` over each group, in fp32 (no gradient to the teacher)."""
+    import torch.nn.functional as F
+
+    _check_groups("distillation_kl student", student)
+    if teacher.shape != student.shape:
+        raise ValueError(f"teacher scores {tuple(teacher.shape)} do not match student scores {tuple(student.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    log_p_student = F.log_softmax(student.float() / temperature, dim=1)
+    log_p_teacher = F.log_softmax(teacher.detach().float() / temperature, dim=1)
+    return F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
+
+
+@dataclass(frozen=True)
+class StudentScores:
+    """One sampled student: its exit layer, a label for logs (its config string) and its ``(B, G)`` scores."""
+
+    depth: int
+    scores: torch.Tensor
+    name: str = ""
+
+
+@dataclass
+class DistillationLoss:
+    """The total loss and its parts (floats, for logging)."""
+
+    total: torch.Tensor
+    parts: dict[str, float] = field(default_factory=dict)
+
+
+def cascaded_self_distillation(
+    teachers: Mapping[int, torch.Tensor],
+    students: Sequence[StudentScores],
+    *,
+    temperature: float = 1.0,
+    distill_temperature: float | None = None,
+) -> DistillationLoss:
+    """Eq. 9 (see the module doc): hard-label loss of every teacher and student, plus each student's KL to its super-teachers.
+
+    ``teachers`` maps an exit layer to that full-width exit's ``(B, G)`` scores;
+    ``temperature`` divides scores in the hard-label terms, ``distill_temperature`` (default:
+    the same) in the KL terms. A student deeper than every teacher is an error: it would
+    learn from no teacher, which is never what a sampling scheme intends.
+    """
+    import torch
+
+    if not teachers:
+        raise ValueError("cascaded_self_distillation needs at least one teacher exit")
+    tau = temperature if distill_temperature is None else distill_temperature
+    total = torch.zeros((), dtype=torch.float32, device=next(iter(teachers.values())).device)
+    parts: dict[str, float] = {}
+    for layer in sorted(teachers):
+        term = group_cross_entropy(teachers[layer], temperature)
+        parts[f"ce.teacher{layer}"] = float(term)
+        total = total + term
+    for index, student in enumerate(students):
+        supers = [layer for layer in sorted(teachers) if layer >= student.depth]
+        if not supers:
+            raise ValueError(f"student {student.name or index} exits at layer {student.depth}, deeper than every "
+                             f"teacher ({', '.join(map(str, sorted(teachers)))}): it has no teacher")
+        label = student.name or f"student{index}"
+        term = group_cross_entropy(student.scores, temperature)
+        parts[f"ce.{label}"] = float(term)
+        total = total + term
+        for layer in supers:
+            kl = distillation_kl(student.scores, teachers[layer], tau)
+            parts[f"kl.{label}<-{layer}"] = float(kl)
+            total = total + kl
+    return DistillationLoss(total, parts)
