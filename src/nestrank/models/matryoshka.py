@@ -71,6 +71,8 @@ DEFAULT_PROMPT = "Predict whether passage B contains an answer to query A."
 SETTINGS_FILE = "nestrank.json"
 HEADS_FILE = "heads.safetensors"
 COMPENSATION_FILE = "compensation.safetensors"
+#: Subdirectory of a trained checkpoint holding the distillation LoRA (PEFT layout).
+LORA_DIR = "lora"
 #: Constructor arguments a checkpoint records, so it reranks exactly as it was trained.
 SAVED_SETTINGS = ("template", "prompt", "yes_token", "max_passage_tokens", "max_query_tokens")
 ConfigLike = MatryoshkaConfig | str | None
@@ -193,12 +195,17 @@ class MatryoshkaReranker(Reranker):
         dtype: str | torch.dtype = "auto",
         device: str | torch.device | None = None,
         importance: Importance = "row",
+        merge_lora: bool = True,
         **kwargs,
     ) -> MatryoshkaReranker:
         """Load a backbone with :func:`nestrank.models.load_backbone` (``task="causal-lm"``) and wrap it.
 
-        ``importance="eager"`` loads the model with eager attention; other keyword arguments
-        go to the constructor (template, prompt, yes_token, max_passage_tokens...).
+        ``name_or_path`` is a backbone or a Matryoshka checkpoint directory (see
+        :meth:`save_pretrained`); a checkpoint's ``lora/`` adapter (the distillation LoRA) is
+        merged into the base weights, unless ``merge_lora=False`` (the trainer then loads it
+        itself, to continue training it). ``importance="eager"`` loads the model with eager
+        attention; other keyword arguments go to the constructor (template, prompt,
+        yes_token, max_passage_tokens...) and win over a checkpoint's recorded settings.
         """
         from nestrank.models.backbone import load_backbone
 
@@ -208,6 +215,11 @@ class MatryoshkaReranker(Reranker):
             kwargs = {**settings["reranker"], **kwargs}
         model, tokenizer = load_backbone(base, task="causal-lm", dtype=dtype, device=device,
                                          attn_implementation="eager" if importance == "eager" else "sdpa")
+        adapter = Path(name_or_path) / LORA_DIR
+        if settings is not None and merge_lora and adapter.is_dir():
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
         reranker = cls(model, tokenizer, importance=importance, **kwargs)
         reranker.base_model = base
         if settings is not None:
@@ -224,7 +236,8 @@ class MatryoshkaReranker(Reranker):
         (``heads.<layer>.weight``/``.bias`` for every layer) and, with a compensation,
         ``compensation.safetensors`` (its V-/H-LoRA tensors, see :mod:`nestrank.models.compensation`). The
         backbone is not copied: ``base_model`` (default: what :meth:`from_pretrained` loaded)
-        names it, as a preset, hub id or path. :meth:`from_pretrained` loads the directory.
+        names it, as a preset, hub id or path. The reranker trainer adds the distillation
+        LoRA as ``lora/`` (PEFT layout). :meth:`from_pretrained` loads the directory.
         """
         import json
 
@@ -328,6 +341,18 @@ class MatryoshkaReranker(Reranker):
         parsed = parse_config(config)
         text = document.full_text if isinstance(document, Document) else document
         return self._encode(query, text, self._passage_limit(parsed))
+
+    def batch_inputs(self, pairs: Sequence[EncodedPair]) -> tuple[torch.Tensor, list[RowLayout], list[int]]:
+        """The :meth:`forward_batch` inputs of encoded pairs: left-padded ids on the model's device, layouts, passage lengths."""
+        import torch
+
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        width = max(len(p.ids) for p in pairs)
+        ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
+        for row, pair in enumerate(pairs):
+            ids[row, width - len(pair.ids):] = torch.tensor(pair.ids)
+        layouts = [RowLayout(p.passage_start, p.passage_len, len(p.ids)) for p in pairs]
+        return ids.to(self.decoder.embed_tokens.weight.device), layouts, [p.passage_len for p in pairs]
 
     def flops(self, config: ConfigLike, query_len: int, passage_len: int, prompt_len: int) -> float:
         """Analytic matmul FLOPs (2 per multiply-add) of scoring one pair under ``config``.
@@ -441,18 +466,10 @@ class MatryoshkaReranker(Reranker):
         budget = self.resolve_batch_tokens(batch_tokens)
         limit = self._passage_limit(config)
         encoded = [self._encode(q, d.full_text, limit) for q, d in zip(query_list, docs, strict=True)]
-        device = self.decoder.embed_tokens.weight.device
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
         def run(indices: list[int]) -> np.ndarray:
-            pairs = [encoded[i] for i in indices]
-            width = max(len(p.ids) for p in pairs)
-            ids = torch.full((len(pairs), width), pad_id, dtype=torch.long)
-            for row, pair in enumerate(pairs):
-                ids[row, width - len(pair.ids):] = torch.tensor(pair.ids)
-            layouts = [RowLayout(p.passage_start, p.passage_len, len(p.ids)) for p in pairs]
-            out = self.forward_batch(ids.to(device), layouts, config, exits, [p.passage_len for p in pairs])
-            return out.cpu().numpy()
+            ids, layouts, lengths = self.batch_inputs([encoded[i] for i in indices])
+            return self.forward_batch(ids, layouts, config, exits, lengths).cpu().numpy()
 
         progress = _progress(len(encoded), show_progress)
         try:
