@@ -10,6 +10,7 @@ Layout of ``checkpoint-STEP/`` (and ``final/``)::
     optimizer.pt                                     optimizer state (tensors only: loaded with weights_only)
     scheduler.json                                   learning-rate scheduler state
 
+(The reranker trainer writes Matryoshka checkpoints instead: :mod:`nestrank.train.reranker`.)
 :meth:`nestrank.models.dense.DenseEncoder.from_pretrained` loads the directory as an encoder
 (it reads ``nestrank.json``, so the trained pooling, prefixes and lengths apply).
 A checkpoint is written to a temporary directory and renamed into place, so a crash never
@@ -110,7 +111,7 @@ def load_trainer_state(path: Path, accelerator: Accelerator, module: torch.nn.Mo
         raise ConfigError(f"train.resume_from: {path} is not a training checkpoint (no {STATE_FILE}; "
                           "fix: point to a checkpoint-STEP directory written by the trainer)")
     state = json.loads(state_file.read_text(encoding="utf-8"))
-    _check_compatible(state["config"], config.to_dict(), path)
+    check_compatible(state["config"], config.to_dict(), path)
     backbone = _backbone(module, accelerator)
     if config.lora.enabled:
         from peft import set_peft_model_state_dict
@@ -125,8 +126,10 @@ def load_trainer_state(path: Path, accelerator: Accelerator, module: torch.nn.Mo
     return int(state["step"])
 
 
-def _check_compatible(saved: dict[str, dict], current: dict[str, dict], path: Path) -> None:
-    for section, keys in RESUME_KEYS.items():
+def check_compatible(saved: dict[str, dict], current: dict[str, dict], path: Path,
+                     keys_by_section: dict[str, tuple[str, ...] | None] = RESUME_KEYS) -> None:
+    """Raise :class:`ConfigError` when a setting in ``keys_by_section`` (``None``: the whole section) changed."""
+    for section, keys in keys_by_section.items():
         for key in keys or current[section]:
             if saved.get(section, {}).get(key) != current[section][key]:
                 raise ConfigError(f"cannot resume from {path}: {section}.{key} was {saved.get(section, {}).get(key)!r} "

@@ -1,7 +1,7 @@
-"""Configuration of the contrastive retriever trainer, read from TOML and validated.
+"""Configuration of the retriever and reranker trainers, read from TOML and validated.
 
-A config file has four sections; every key is optional except ``data.train_groups`` and
-``train.output_dir``::
+A config file has up to five sections; every key is optional except ``data.train_groups``
+and ``train.output_dir``::
 
     [model]   backbone, preset, dtype, gradient_checkpointing, attn_implementation
     [lora]    enabled, r, alpha, dropout, target_modules
@@ -10,6 +10,9 @@ A config file has four sections; every key is optional except ``data.train_group
     [train]   output_dir, batch_size, grad_accum_steps, gradcache_chunk_size, epochs,
               max_steps, learning_rate, weight_decay, warmup_ratio, max_grad_norm,
               temperature, seed, log_every, save_every, resume_from
+    [reranker] stage, init, teachers, student_depths, student_compress, students_per_step,
+              distill_temperature, compensation_r, compensation_alpha, compensation_factors
+              (the Matryoshka reranker trainer only; the retriever ignores it)
 
 Unknown sections or keys, wrong types and out-of-range values raise
 :class:`~nestrank.errors.ConfigError` naming the file, the key and the fix. Relative paths
@@ -112,6 +115,36 @@ class OptimConfig:
     resume_from: str = ""
 
 
+RERANKER_STAGES = ("contrastive", "distill", "compensate")
+
+
+@dataclass
+class RerankerConfig:
+    """The Matryoshka reranker trainer (``nestrank train reranker``); see docs/training.md.
+
+    ``stage``: ``contrastive`` (hard-label group loss of teachers and students, LoRA + heads),
+    ``distill`` (the same plus the KL terms of Eq. 9) or ``compensate`` (frozen distilled
+    model, only the V-/H-LoRA compensation trains). ``init``: a Matryoshka checkpoint to start
+    from (required for ``compensate``). ``teachers``: full-width exit layers read in one pass
+    (empty: the last layer). Each step samples ``students_per_step`` students: a depth from
+    ``student_depths`` and a width from ``student_compress`` (``compress=`` values such as
+    ``"8:0.5"``; ``""`` is full width). ``distill_temperature`` divides scores in the KL terms
+    (``train.temperature`` in the hard-label terms). ``compensation_r``/``_alpha``/``_factors``
+    shape the V-/H-LoRA of the ``compensate`` stage (on ``lora.target_modules``).
+    """
+
+    stage: str = "distill"
+    init: str = ""
+    teachers: list[int] = field(default_factory=list)
+    student_depths: list[int] = field(default_factory=list)
+    student_compress: list[str] = field(default_factory=lambda: [""])
+    students_per_step: int = 1
+    distill_temperature: float = 1.0
+    compensation_r: int = 8
+    compensation_alpha: int = 16
+    compensation_factors: list[int] = field(default_factory=lambda: [2, 4, 8])
+
+
 @dataclass
 class TrainConfig:
     """The whole trainer configuration (one dataclass per TOML section)."""
@@ -120,6 +153,7 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: OptimConfig = field(default_factory=OptimConfig)
+    reranker: RerankerConfig = field(default_factory=RerankerConfig)
 
     def validate(self, where: str = "config") -> TrainConfig:
         """Check values and relations between them; raise :class:`ConfigError` on the first problem."""
@@ -153,6 +187,53 @@ class TrainConfig:
         for ok, key, problem in checks:
             if not ok:
                 raise ConfigError(f"{where}: {key} {problem}")
+        return self
+
+    def validate_reranker(self, where: str = "config") -> TrainConfig:
+        """Check the settings the reranker trainer needs (the ``[reranker]`` section and its relations).
+
+        Layer numbers are checked against the model when it is loaded.
+        """
+        from nestrank.models.matryoshka_config import parse_config
+
+        self.validate(where)
+        r, m, lo = self.reranker, self.model, self.lora
+        checks: list[tuple[bool, str, str]] = [
+            (r.stage in RERANKER_STAGES, "reranker.stage", f"must be one of {', '.join(RERANKER_STAGES)}, got {r.stage!r}"),
+            (r.stage != "compensate" or bool(r.init), "reranker.init",
+             "is required for stage = \"compensate\" (fix: the distilled checkpoint, e.g. out/distill/final)"),
+            (r.stage == "compensate" or lo.enabled, "lora.enabled",
+             f"must be true for stage = {r.stage!r}: the reranker trains LoRA + score heads (full fine-tuning "
+             "is not supported)"),
+            (m.attn_implementation == "sdpa", "model.attn_implementation",
+             f"must be sdpa for the Matryoshka engine, got {m.attn_implementation!r}"),
+            (all(n >= 1 for n in r.teachers), "reranker.teachers", f"are 1-based layers, got {r.teachers}"),
+            (len(set(r.teachers)) == len(r.teachers), "reranker.teachers", f"repeat a layer: {r.teachers}"),
+            (all(n >= 1 for n in r.student_depths), "reranker.student_depths", f"are 1-based layers, got {r.student_depths}"),
+            (r.students_per_step >= 0, "reranker.students_per_step", f"must be >= 0, got {r.students_per_step}"),
+            (r.students_per_step == 0 or bool(r.student_depths), "reranker.student_depths",
+             "is empty but students_per_step > 0 (fix: list the exit layers students are sampled from, or set "
+             "students_per_step = 0)"),
+            (bool(r.student_compress), "reranker.student_compress", 'must list at least one width ("" = full width)'),
+            (r.distill_temperature > 0, "reranker.distill_temperature", f"must be > 0, got {r.distill_temperature}"),
+            (r.compensation_r >= 1, "reranker.compensation_r", f"must be >= 1, got {r.compensation_r}"),
+            (r.compensation_alpha >= 1, "reranker.compensation_alpha", f"must be >= 1, got {r.compensation_alpha}"),
+            (all(k >= 2 for k in r.compensation_factors) and len(set(r.compensation_factors)) == len(r.compensation_factors),
+             "reranker.compensation_factors", f"must be distinct integers >= 2, got {r.compensation_factors}"),
+        ]
+        for ok, key, problem in checks:
+            if not ok:
+                raise ConfigError(f"{where}: {key} {problem}")
+        for option in r.student_compress:
+            try:
+                parsed = parse_config(f"compress={option}" if option else None)
+            except ConfigError as exc:
+                raise ConfigError(f"{where}: reranker.student_compress entry {option!r} is not a compress= value "
+                                  f"({exc}) (fix: e.g. \"8:0.5\" or \"8:0.5;16:0.25\")") from None
+            if parsed.compress and not any(parsed.compress[-1].layer < depth for depth in r.student_depths):
+                raise ConfigError(f"{where}: reranker.student_compress entry {option!r} compresses after layer "
+                                  f"{parsed.compress[-1].layer}, at or after every student depth {r.student_depths} "
+                                  "(fix: compress earlier or add deeper student_depths)")
         return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

@@ -84,13 +84,15 @@ def cascaded_self_distillation(
     *,
     temperature: float = 1.0,
     distill_temperature: float | None = None,
+    distill: bool = True,
 ) -> DistillationLoss:
     """Eq. 9 (see the module doc): hard-label loss of every teacher and student, plus each student's KL to its super-teachers.
 
     ``teachers`` maps an exit layer to that full-width exit's ``(B, G)`` scores;
     ``temperature`` divides scores in the hard-label terms, ``distill_temperature`` (default:
-    the same) in the KL terms. A student deeper than every teacher is an error: it would
-    learn from no teacher, which is never what a sampling scheme intends.
+    the same) in the KL terms; ``distill=False`` drops the KL terms (the plain contrastive
+    ablation). A student deeper than every teacher is an error: it would learn from no
+    teacher, which is never what a sampling scheme intends.
     """
     import torch
 
@@ -101,7 +103,7 @@ def cascaded_self_distillation(
     parts: dict[str, float] = {}
     for layer in sorted(teachers):
         term = group_cross_entropy(teachers[layer], temperature)
-        parts[f"ce.teacher{layer}"] = float(term)
+        parts[f"ce.teacher{layer}"] = float(term.detach())
         total = total + term
     for index, student in enumerate(students):
         supers = [layer for layer in sorted(teachers) if layer >= student.depth]
@@ -110,10 +112,10 @@ def cascaded_self_distillation(
                              f"teacher ({', '.join(map(str, sorted(teachers)))}): it has no teacher")
         label = student.name or f"student{index}"
         term = group_cross_entropy(student.scores, temperature)
-        parts[f"ce.{label}"] = float(term)
+        parts[f"ce.{label}"] = float(term.detach())
         total = total + term
-        for layer in supers:
+        for layer in supers if distill else ():
             kl = distillation_kl(student.scores, teachers[layer], tau)
-            parts[f"kl.{label}<-{layer}"] = float(kl)
+            parts[f"kl.{label}<-{layer}"] = float(kl.detach())
             total = total + kl
     return DistillationLoss(total, parts)

@@ -16,7 +16,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -64,22 +64,12 @@ def build_encoder(config: TrainConfig, device: str | None = None) -> DenseEncode
         query_max_length=d.query_max_length, passage_max_length=d.passage_max_length)
     model = encoder.model
     if m.gradient_checkpointing:
-        model.config.use_cache = False
-        # non-reentrant checkpointing: works with frozen inputs (LoRA) and DDP; newer transformers renamed the method
-        enable = getattr(model, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        else:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_gradient_checkpointing(model)
     if config.lora.enabled:
         from peft import LoraConfig, get_peft_model
 
         lo = config.lora
-        names = [name for name, _ in model.named_modules()]
-        missing = [t for t in lo.target_modules if not any(name.split(".")[-1] == t for name in names)]
-        if missing:
-            raise ConfigError(f"lora.target_modules {missing} match no module of {m.backbone!r} "
-                              "(fix: use the model's module names, e.g. q_proj, v_proj for Llama)")
+        check_lora_targets(model, lo.target_modules, m.backbone)
         model = get_peft_model(model, LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
                                                  target_modules=list(lo.target_modules),
                                                  task_type="FEATURE_EXTRACTION"))
@@ -88,6 +78,25 @@ def build_encoder(config: TrainConfig, device: str | None = None) -> DenseEncode
     model.train()
     encoder.model = model
     return encoder
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    """Non-reentrant activation checkpointing of every decoder layer (works with frozen inputs, i.e. LoRA, and DDP)."""
+    model.config.use_cache = False
+    enable = getattr(model, "activation_checkpointing_enable", None)  # newer transformers renamed the method
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
+def check_lora_targets(model: torch.nn.Module, targets: Sequence[str], backbone: str) -> None:
+    """Raise :class:`ConfigError` when a ``lora.target_modules`` name matches no module of ``model``."""
+    names = [name for name, _ in model.named_modules()]
+    missing = [t for t in targets if not any(name.split(".")[-1] == t for name in names)]
+    if missing:
+        raise ConfigError(f"lora.target_modules {missing} match no module of {backbone!r} "
+                          "(fix: use the model's module names, e.g. q_proj, v_proj for Llama)")
 
 
 def embedding_module(encoder: DenseEncoder) -> torch.nn.Module:
