@@ -1,14 +1,16 @@
-"""Training: hard-negative mining and the contrastive retriever trainer (RepLLaMA recipe).
+"""Training: hard-negative mining, the retriever trainer (RepLLaMA recipe), the Matryoshka reranker trainer.
 
 Importing this package is cheap; torch, transformers and peft load when training starts.
 """
 
 from nestrank.train.config import TrainConfig, config_from_dict, load_config
 from nestrank.train.mining import MiningStats, mine_groups, mine_to_file
+from nestrank.train.reranker import RerankerTrainer, train_reranker
 from nestrank.train.retriever import RetrieverTrainer, TrainResult, train_retriever
 
 __all__ = [
     "MiningStats",
+    "RerankerTrainer",
     "RetrieverTrainer",
     "TrainConfig",
     "TrainResult",
@@ -16,5 +18,6 @@ __all__ = [
     "load_config",
     "mine_groups",
     "mine_to_file",
+    "train_reranker",
     "train_retriever",
 ]

@@ -210,7 +210,11 @@ class TrainConfig:
             (all(n >= 1 for n in r.teachers), "reranker.teachers", f"are 1-based layers, got {r.teachers}"),
             (len(set(r.teachers)) == len(r.teachers), "reranker.teachers", f"repeat a layer: {r.teachers}"),
             (all(n >= 1 for n in r.student_depths), "reranker.student_depths", f"are 1-based layers, got {r.student_depths}"),
+            (self.data.group_size >= 2, "data.group_size",
+             f"must be >= 2 for the reranker's group loss (1 positive + negatives), got {self.data.group_size}"),
             (r.students_per_step >= 0, "reranker.students_per_step", f"must be >= 0, got {r.students_per_step}"),
+            (r.stage != "compensate" or r.students_per_step >= 1, "reranker.students_per_step",
+             "must be >= 1 for stage = \"compensate\": only students train the compensation"),
             (r.students_per_step == 0 or bool(r.student_depths), "reranker.student_depths",
              "is empty but students_per_step > 0 (fix: list the exit layers students are sampled from, or set "
              "students_per_step = 0)"),
