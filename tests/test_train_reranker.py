@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +169,7 @@ def test_contrastive_loss_goes_down_and_checkpoint_reloads(setup, tmp_path):
     losses = [r["loss"] for r in log(out)]
     assert len(losses) == 8 and losses[-1] < 0.5 * losses[0]
     assert all(not any(k.startswith("kl.") for k in r["parts"]) for r in log(out))
+    assert all(float(head.bias.abs().max()) == 0.0 for head in trainer.reranker.heads.values())  # biases stay fixed
     final = result.checkpoint
     assert sorted(p.name for p in final.iterdir()) == ["heads.safetensors", "lora", "nestrank.json", "optimizer.pt",
                                                        "scheduler.json", "trainer_state.json"]
@@ -276,3 +281,29 @@ student_compress = ["1:0.5"]
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output[result.output.index('{"checkpoint"'):].strip())  # after transformers' bars
     assert summary["steps"] == 1 and Path(summary["checkpoint"]).name == "final"
+
+
+@pytest.mark.timeout(300)
+def test_two_process_torchrun_matches_one_process(setup, tmp_path):
+    """DDP (gloo): same global batch, same students, so the same weights and the same (global) logged loss."""
+    from safetensors.torch import load_file
+
+    single = train_reranker(make_config(setup, tmp_path / "one"), progress=False)
+    path = tmp_path / "two.toml"
+    config = make_config(setup, tmp_path / "two").to_dict()
+    path.write_text("".join(f"[{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+                            for section, values in config.items()), encoding="utf-8")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", str(port),
+           "-m", "nestrank.train", "reranker", "--config", str(path), "--no-progress"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("lora/adapter_model.safetensors", "heads.safetensors"):
+        one, two = load_file(single.checkpoint / name), load_file(tmp_path / "two" / "final" / name)
+        for key in one:
+            torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=0)
+    assert [r["loss"] for r in log(tmp_path / "two")] == pytest.approx([r["loss"] for r in log(tmp_path / "one")],
+                                                                      rel=1e-5)

@@ -124,7 +124,7 @@ def build_reranker(config: TrainConfig, device: str | None = None
     """Load the reranker for ``config.reranker.stage``; returns it, its PEFT model (LoRA stages) and the trainable parameters.
 
     LoRA stages add LoRA to the backbone (or continue ``init``'s ``lora/`` adapter) and train
-    it with the score heads (kept in fp32). ``compensate`` loads ``init`` with its LoRA
+    it with the score heads' weights (kept in fp32; biases stay fixed). ``compensate`` loads ``init`` with its LoRA
     merged, freezes everything and attaches a fresh V-/H-LoRA compensation (fp32).
     """
 
@@ -159,8 +159,11 @@ def build_reranker(config: TrainConfig, device: str | None = None
             peft_model = get_peft_model(model, LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
                                                           target_modules=list(lo.target_modules),
                                                           task_type="CAUSAL_LM"))
-        reranker.heads.float().requires_grad_(True)
-        params = [p for p in peft_model.parameters() if p.requires_grad] + list(reranker.heads.parameters())
+        # Group losses are shift-invariant per group, so a head's bias gets no gradient (only rounding
+        # noise, which Adam would turn into lr-sized random steps): the weights train, the biases stay.
+        reranker.heads.float().requires_grad_(False)
+        heads = [head.weight.requires_grad_(True) for head in reranker.heads.values()]
+        params = [p for p in peft_model.parameters() if p.requires_grad] + heads
     else:
         reranker.heads.requires_grad_(False)
         settings = CompensationSettings(r=r.compensation_r, alpha=r.compensation_alpha,
@@ -273,16 +276,21 @@ class RerankerTrainer:
                 with self._sync(micro == t.grad_accum_steps - 1):
                     result = self.batch_loss(batch, students)
                     acc.backward(result.total / t.grad_accum_steps)
-                losses.append(float(result.total))
+                losses.append(float(result.total.detach()))
                 for key, value in result.parts.items():
                     parts[key] = parts.get(key, 0.0) + value / t.grad_accum_steps
+            for param in params:  # an unused head or adapter steps with a zero gradient, as under DDP
+                if param.grad is None:
+                    param.grad = torch.zeros_like(param)
             grad_norm = float(acc.clip_grad_norm_(params, t.max_grad_norm or math.inf))  # the norm before clipping
             lr = scheduler.get_last_lr()[0]
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            loss = sum(losses) / len(losses)
+            # every process holds an equal share of the batch: the mean over processes is the global batch's loss
+            means = acc.reduce(torch.tensor([sum(losses) / len(losses), *parts.values()], device=acc.device), "mean")
+            loss, parts = float(means[0]), dict(zip(parts, means[1:].tolist(), strict=True))
             if step % t.log_every == 0 or step == total:
                 self._log({"step": step, "epoch": epoch, "loss": loss, "parts": parts, "grad_norm": grad_norm,
                            "lr": lr, "students": [s.name for s in students],
