@@ -230,6 +230,22 @@ def test_compensate_trains_only_the_compensation(setup, distilled, tmp_path):
                            init.score("where is the dog", DOCS, config="depth=5,compress=2:0.5"), atol=1e-4)
 
 
+@pytest.mark.parametrize("stage", ["distill", "compensate"])
+def test_gradient_checkpointing_changes_nothing(setup, distilled, tmp_path, stage):
+    """Recomputed layers see the adapters of their forward (compensation hooks are per-layer contexts)."""
+    init = str(distilled[1].checkpoint) if stage == "compensate" else ""
+    runs = []
+    for checkpointing in (False, True):
+        config = make_config(setup, tmp_path / str(checkpointing), {"stage": stage, "init": init}).to_dict()
+        config["model"]["gradient_checkpointing"] = checkpointing
+        trainer = RerankerTrainer(config_from_dict(config), progress=False)
+        trainer.train()
+        runs.append((trainer.reranker, log(tmp_path / str(checkpointing))))
+    (plain, plain_log), (checkpointed, checkpointed_log) = runs
+    assert [r["grad_norm"] for r in checkpointed_log] == pytest.approx([r["grad_norm"] for r in plain_log], rel=1e-5)
+    assert_same_scores(checkpointed, plain, "where is the moon", DOCS)
+
+
 def test_resume_reproduces_the_uninterrupted_run(setup, distilled, tmp_path):
     uninterrupted, _, out = distilled
     assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-4").exists()

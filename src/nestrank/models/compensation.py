@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -162,6 +162,22 @@ class FactorizedCompensation(torch.nn.Module):
             yield
         finally:
             self._active = None
+
+    def checkpoint_contexts(self) -> tuple[AbstractContextManager, AbstractContextManager]:
+        """``context_fn`` for non-reentrant activation checkpointing (``torch.utils.checkpoint``).
+
+        Called when a checkpointed layer runs forward: its recomputation in the backward pass
+        then runs with the adapters that were active then (:meth:`active` has exited by then).
+        """
+        return nullcontext(), self._restored(self._active)
+
+    @contextmanager
+    def _restored(self, active: tuple[int, list[int | None]] | None) -> Iterator[None]:
+        previous, self._active = self._active, active
+        try:
+            yield
+        finally:
+            self._active = previous
 
     def _hook(self, layer: int, target: str):
         def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:

@@ -547,7 +547,7 @@ class MatryoshkaReranker(Reranker):
         starts = torch.tensor([width - layout.total for layout in state.layouts], device=x.device)
         pad = torch.arange(width, device=x.device)[None, :] < starts[:, None]
         logits = logits.masked_fill(pad[:, None, None, :], float("-inf"))
-        return torch.softmax(logits, dim=-1).mean(dim=(1, 2)).cpu().numpy()
+        return torch.softmax(logits, dim=-1).mean(dim=(1, 2)).float().cpu().numpy()  # float: autocast makes bf16
 
     @contextmanager
     def _kept_attentions(self, depth: int) -> Iterator[dict[int, torch.Tensor] | None]:

@@ -145,10 +145,10 @@ def build_reranker(config: TrainConfig, device: str | None = None
                           "or continue a compensation run with train.resume_from)")
     model = reranker.model
     model.requires_grad_(False)
-    if m.gradient_checkpointing:
-        enable_gradient_checkpointing(model)
     peft_model = None
     if lora_stage:
+        if m.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         from peft import LoraConfig, PeftModel, get_peft_model
 
         adapter = None if init is None else init / LORA_DIR
@@ -170,6 +170,8 @@ def build_reranker(config: TrainConfig, device: str | None = None
                                         targets=tuple(lo.target_modules), factors=tuple(r.compensation_factors))
         compensation = FactorizedCompensation(reranker.decoder.layers, settings).float()
         reranker.set_compensation(compensation)
+        if m.gradient_checkpointing:  # recomputed layers must see the adapters their forward saw
+            enable_gradient_checkpointing(model, context_fn=compensation.checkpoint_contexts)
         params = list(compensation.parameters())
     model.train()
     return reranker, peft_model, params
@@ -279,9 +281,6 @@ class RerankerTrainer:
                 losses.append(float(result.total.detach()))
                 for key, value in result.parts.items():
                     parts[key] = parts.get(key, 0.0) + value / t.grad_accum_steps
-            for param in params:  # an unused head or adapter steps with a zero gradient, as under DDP
-                if param.grad is None:
-                    param.grad = torch.zeros_like(param)
             grad_norm = float(acc.clip_grad_norm_(params, t.max_grad_norm or math.inf))  # the norm before clipping
             lr = scheduler.get_last_lr()[0]
             optimizer.step()

@@ -80,14 +80,19 @@ def build_encoder(config: TrainConfig, device: str | None = None) -> DenseEncode
     return encoder
 
 
-def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
-    """Non-reentrant activation checkpointing of every decoder layer (works with frozen inputs, i.e. LoRA, and DDP)."""
+def enable_gradient_checkpointing(model: torch.nn.Module, context_fn: Callable | None = None) -> None:
+    """Non-reentrant activation checkpointing of every decoder layer (works with frozen inputs, i.e. LoRA, and DDP).
+
+    ``context_fn`` goes to ``torch.utils.checkpoint.checkpoint`` (contexts for the forward and
+    the recomputation).
+    """
     model.config.use_cache = False
+    kwargs: dict[str, Any] = {"use_reentrant": False, **({"context_fn": context_fn} if context_fn else {})}
     enable = getattr(model, "activation_checkpointing_enable", None)  # newer transformers renamed the method
     if enable is not None:
-        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        enable(activation_checkpointing_kwargs=kwargs)
     else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
 
 def check_lora_targets(model: torch.nn.Module, targets: Sequence[str], backbone: str) -> None:
