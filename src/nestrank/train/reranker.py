@@ -124,10 +124,10 @@ def build_reranker(config: TrainConfig, device: str | None = None
     """Load the reranker for ``config.reranker.stage``; returns it, its PEFT model (LoRA stages) and the trainable parameters.
 
     LoRA stages add LoRA to the backbone (or continue ``init``'s ``lora/`` adapter) and train
-    it with the score heads' weights (kept in fp32; biases stay fixed). ``compensate`` loads ``init`` with its LoRA
-    merged, freezes everything and attaches a fresh V-/H-LoRA compensation (fp32).
+    it with the score heads' weights (kept in fp32; biases stay fixed). ``compensate`` loads
+    ``init`` with its LoRA merged, freezes everything and attaches a fresh V-/H-LoRA
+    compensation (fp32).
     """
-
     from nestrank.models.compensation import CompensationSettings, FactorizedCompensation
     from nestrank.models.matryoshka import LORA_DIR, SETTINGS_FILE, MatryoshkaReranker
 
@@ -147,10 +147,10 @@ def build_reranker(config: TrainConfig, device: str | None = None
     model.requires_grad_(False)
     peft_model = None
     if lora_stage:
-        if m.gradient_checkpointing:
-            enable_gradient_checkpointing(model)
         from peft import LoraConfig, PeftModel, get_peft_model
 
+        if m.gradient_checkpointing:
+            enable_gradient_checkpointing(model)
         adapter = None if init is None else init / LORA_DIR
         if adapter is not None and adapter.is_dir():
             peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
