@@ -62,7 +62,9 @@ def save_checkpoint(path: Path, accelerator: Accelerator, module: torch.nn.Modul
         tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
         try:
             backbone = _backbone(module, accelerator)
-            backbone.save_pretrained(tmp, state_dict=weights, safe_serialization=True)
+            # LoRA never trains embeddings; "auto" would look the base up on the hub (offline: a warning)
+            extra = {"save_embedding_layers": False} if config.lora.enabled else {}
+            backbone.save_pretrained(tmp, state_dict=weights, safe_serialization=True, **extra)
             encoder.tokenizer.save_pretrained(tmp)
             write_settings(tmp, config, encoder)
             if optimizer_state is not None:

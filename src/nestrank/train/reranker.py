@@ -399,7 +399,7 @@ class RerankerTrainer:
             try:
                 reranker.save_pretrained(tmp)
                 if self._peft_model is not None:
-                    self._peft_model.save_pretrained(tmp / LORA_DIR, safe_serialization=True)
+                    self._peft_model.save_pretrained(tmp / LORA_DIR, safe_serialization=True, save_embedding_layers=False)
                 elif (Path(self.config.reranker.init) / LORA_DIR).is_dir():  # compensate: keep the distilled LoRA
                     shutil.copytree(Path(self.config.reranker.init) / LORA_DIR, tmp / LORA_DIR)
                 torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
