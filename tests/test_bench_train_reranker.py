@@ -1,0 +1,43 @@
+"""bench/train_reranker.py end to end: a tiny random Llama through every stage on SciFact (~30 s)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
+MODELS = ("zeroshot", "plain", "distill", "comp")
+
+
+def run_bench(*args: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "train_reranker.py"), "--dataset", str(SCIFACT),
+                           "--model", "tiny", "--smoke", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          check=True)
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").is_file(), reason="SciFact not found next to the repo")
+def test_bench_trains_every_stage_and_reports_test_then_validation_figures(tmp_path):
+    figures = run_bench("--out", str(tmp_path))
+    expected = ["bm25"] + [f"{m}_{v}" for m in MODELS for v in ("full", "light")]
+    assert all(0.0 <= figures[key] <= 1.0 for key in expected)
+    assert all(figures[f"{stage}_steps"] == 2 and figures[f"{stage}_minutes"] >= 0 for stage in MODELS[1:])
+    assert figures["queries"] == 5 and figures["test_queries"].startswith("random.Random(0).sample of 5")
+    sweep = figures["sweep"]
+    assert {row["depth"] for row in sweep} == {1, 2, 3, 4} and len({row["compress"] for row in sweep}) == 4
+    assert all(0 < row["relative_flops"] <= 1 for row in sweep)
+    assert [row["relative_flops"] for row in sweep if row["compress"] == "full"] == [0.25, 0.5, 0.75, 1.0]
+    assert Path(figures["sweep_png"]).stat().st_size > 0 and Path(figures["sweep_csv"]).is_file()
+
+    validation = run_bench("--out", str(tmp_path), "--validation-only", "--sweep-models", "")
+    assert not any(key in validation for key in expected) and "sweep" not in validation
+    assert all(0.0 <= validation[f"validation.{key}"] <= 1.0 for key in expected)
+    assert validation["comp_minutes"] == figures["comp_minutes"]  # the stages were reused, with their timings
