@@ -21,12 +21,11 @@ no random state needs saving for a resumed run to repeat an uninterrupted one.
 from __future__ import annotations
 
 import json
-import shutil
-import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nestrank.errors import ConfigError
+from nestrank.files import atomic_dir
 from nestrank.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -58,9 +57,7 @@ def save_checkpoint(path: Path, accelerator: Accelerator, module: torch.nn.Modul
     optimizer_state = optimizer.state_dict() if not _sharded(accelerator) else None
     if accelerator.is_main_process:
         weights = {k.removeprefix("backbone."): v for k, v in state.items()}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-        try:
+        with atomic_dir(path, STATE_FILE, "a training checkpoint") as tmp:
             backbone = _backbone(module, accelerator)
             # LoRA never trains embeddings; "auto" would look the base up on the hub (offline: a warning)
             extra = {"save_embedding_layers": False} if config.lora.enabled else {}
@@ -72,12 +69,6 @@ def save_checkpoint(path: Path, accelerator: Accelerator, module: torch.nn.Modul
             (tmp / SCHEDULER_FILE).write_text(json.dumps(scheduler.state_dict(), default=_plain), encoding="utf-8")
             (tmp / STATE_FILE).write_text(json.dumps({"step": step, "world_size": accelerator.num_processes,
                                                       "config": config.to_dict()}, indent=2), encoding="utf-8")
-            if path.exists():
-                shutil.rmtree(path)
-            tmp.rename(path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
     accelerator.wait_for_everyone()
     return path
 

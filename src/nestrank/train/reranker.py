@@ -29,7 +29,6 @@ import contextlib
 import json
 import math
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -39,7 +38,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nestrank.errors import ConfigError
-from nestrank.train.batches import ContrastiveBatch, GroupBatcher
+from nestrank.files import atomic_dir
+from nestrank.train.batches import ContrastiveBatch
 from nestrank.train.checkpoint import OPTIMIZER_FILE, RESUME_KEYS, SCHEDULER_FILE, STATE_FILE, check_compatible
 from nestrank.train.config import RerankerConfig, TrainConfig
 from nestrank.train.retriever import (
@@ -50,6 +50,7 @@ from nestrank.train.retriever import (
     hash_seed,
     linear_warmup_decay,
     load_groups,
+    plan_steps,
 )
 
 if TYPE_CHECKING:
@@ -234,18 +235,11 @@ class RerankerTrainer:
         import torch
 
         acc, cfg = self.accelerator, self.config
-        t, d, r = cfg.train, cfg.data, cfg.reranker
+        t, r = cfg.train, cfg.reranker
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         groups = load_groups(cfg, self.output_dir if acc.is_main_process else None)
-        batcher = GroupBatcher(groups, t.batch_size, d.group_size, t.seed)
-        steps_per_epoch = batcher.batches_per_epoch // t.grad_accum_steps
-        if steps_per_epoch == 0:
-            raise ConfigError(f"{batcher.batches_per_epoch} batches per epoch are fewer than train.grad_accum_steps "
-                              f"{t.grad_accum_steps} (fix: lower grad_accum_steps or batch_size)")
-        total = steps_per_epoch * t.epochs
-        if t.max_steps:
-            total = min(total, t.max_steps)
+        batcher, steps_per_epoch, total = plan_steps(cfg, groups)
 
         torch.manual_seed(t.seed)
         reranker, self._peft_model, params = build_reranker(cfg, device=str(acc.device))
@@ -394,9 +388,7 @@ class RerankerTrainer:
         assert reranker is not None
         acc.wait_for_everyone()
         if acc.is_main_process:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
-            try:
+            with atomic_dir(path, STATE_FILE, "a training checkpoint") as tmp:
                 reranker.save_pretrained(tmp)
                 if self._peft_model is not None:
                     self._peft_model.save_pretrained(tmp / LORA_DIR, safe_serialization=True, save_embedding_layers=False)
@@ -408,12 +400,6 @@ class RerankerTrainer:
                 (tmp / STATE_FILE).write_text(json.dumps({"step": step, "world_size": acc.num_processes,
                                                           "config": self.config.to_dict()}, indent=2),
                                               encoding="utf-8")
-                if path.exists():
-                    shutil.rmtree(path)
-                tmp.rename(path)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                raise
         acc.wait_for_everyone()
         return path
 

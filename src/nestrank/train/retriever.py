@@ -150,6 +150,18 @@ def load_groups(config: TrainConfig, output_dir: Path | None = None) -> list[Tra
     return groups
 
 
+def plan_steps(config: TrainConfig, groups: list[TrainingGroup]) -> tuple[GroupBatcher, int, int]:
+    """The batcher of a run over ``groups``, its optimizer steps per epoch and its total steps (``max_steps`` applied)."""
+    t = config.train
+    batcher = GroupBatcher(groups, t.batch_size, config.data.group_size, t.seed)
+    steps_per_epoch = batcher.batches_per_epoch // t.grad_accum_steps
+    if steps_per_epoch == 0:
+        raise ConfigError(f"{batcher.batches_per_epoch} batches per epoch are fewer than train.grad_accum_steps "
+                          f"{t.grad_accum_steps} (fix: lower grad_accum_steps or batch_size)")
+    total = steps_per_epoch * t.epochs
+    return batcher, steps_per_epoch, min(total, t.max_steps) if t.max_steps else total
+
+
 def linear_warmup_decay(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """The learning-rate factor at a step: linear 0 -> 1 over ``warmup_steps``, then linear 1 -> 0 at ``total_steps``."""
 
@@ -207,14 +219,7 @@ class RetrieverTrainer:
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
         groups = load_groups(cfg, self.output_dir if acc.is_main_process else None)
-        batcher = GroupBatcher(groups, t.batch_size, d.group_size, t.seed)
-        steps_per_epoch = batcher.batches_per_epoch // t.grad_accum_steps
-        if steps_per_epoch == 0:
-            raise ConfigError(f"{batcher.batches_per_epoch} batches per epoch are fewer than train.grad_accum_steps "
-                              f"{t.grad_accum_steps} (fix: lower grad_accum_steps or batch_size)")
-        total = steps_per_epoch * t.epochs
-        if t.max_steps:
-            total = min(total, t.max_steps)
+        batcher, steps_per_epoch, total = plan_steps(cfg, groups)
 
         torch.manual_seed(t.seed)
         encoder = self.encoder = build_encoder(cfg, device=str(acc.device))
