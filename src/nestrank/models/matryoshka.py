@@ -18,9 +18,10 @@ Score at exit layer n: ``head_n(norm(h_n[last]))``, where ``h_n`` is the output 
 ``norm`` the model's final norm and ``head_n`` a ``Linear(hidden, 1, bias=True)`` stored in
 :attr:`MatryoshkaReranker.heads` under the key ``str(n)``. Every head starts as the LM head's
 row for the "Yes" token (the first token of ``tokenizer("Yes", add_special_tokens=False)``,
-as FlagEmbedding's LLM rerankers do) with a zero bias (the bias lets trained heads of
-different depths calibrate to each other), so untrained, exit N gives the base LM's "Yes"
-logit at the last position.
+as FlagEmbedding's LLM rerankers do) with a zero bias (a checkpoint may set it to calibrate
+exits against each other; nestrank's group-softmax training leaves it fixed, since a group
+loss gives it no gradient), so untrained, exit N gives the base LM's "Yes" logit at the last
+position.
 
 Width (see :mod:`nestrank.models.token_merge`): a compression after layer l takes the
 attention row of layer l's own self-attention for the last token: ``input_layernorm`` of the
