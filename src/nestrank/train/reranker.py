@@ -48,8 +48,8 @@ from nestrank.train.retriever import (
     check_lora_targets,
     enable_gradient_checkpointing,
     hash_seed,
-    linear_warmup_decay,
     load_groups,
+    optimizer_and_schedule,
     plan_steps,
 )
 
@@ -248,9 +248,7 @@ class RerankerTrainer:
         options = student_options(r, self.teachers)
         sample_students(options, r.students_per_step, t.seed, 0)  # fails early when there are too few options
         module = scoring_module(reranker)
-        optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, linear_warmup_decay(total, math.ceil(total * t.warmup_ratio)))
+        optimizer, scheduler = optimizer_and_schedule(params, t, total)
         self.module, optimizer = acc.prepare(module, optimizer)
 
         step = 0

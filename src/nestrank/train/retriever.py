@@ -25,7 +25,7 @@ from nestrank.data.groups import TrainingGroup, read_groups
 from nestrank.errors import ConfigError
 from nestrank.train.batches import ContrastiveBatch, GroupBatcher, holdout
 from nestrank.train.checkpoint import load_trainer_state, save_checkpoint
-from nestrank.train.config import TrainConfig
+from nestrank.train.config import OptimConfig, TrainConfig
 from nestrank.train.gradcache import contrastive_backward
 
 if TYPE_CHECKING:
@@ -162,6 +162,15 @@ def plan_steps(config: TrainConfig, groups: list[TrainingGroup]) -> tuple[GroupB
     return batcher, steps_per_epoch, min(total, t.max_steps) if t.max_steps else total
 
 
+def optimizer_and_schedule(params: list, train: OptimConfig, total: int) -> tuple[Any, Any]:
+    """AdamW over ``params`` and its LambdaLR: linear warmup over ``warmup_ratio`` of ``total`` steps, then linear decay."""
+    import torch
+
+    optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
+    schedule = linear_warmup_decay(total, math.ceil(total * train.warmup_ratio))
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+
+
 def linear_warmup_decay(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
     """The learning-rate factor at a step: linear 0 -> 1 over ``warmup_steps``, then linear 1 -> 0 at ``total_steps``."""
 
@@ -225,9 +234,7 @@ class RetrieverTrainer:
         encoder = self.encoder = build_encoder(cfg, device=str(acc.device))
         module = embedding_module(encoder)
         params = [p for p in module.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, linear_warmup_decay(total, math.ceil(total * t.warmup_ratio)))
+        optimizer, scheduler = optimizer_and_schedule(params, t, total)
         module, optimizer = acc.prepare(module, optimizer)
 
         step = 0
