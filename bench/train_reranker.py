@@ -19,11 +19,14 @@ checkpoints there, so give every hyperparameter setting its own ``--out``):
    checkpoint, each with the full model (``*_full``) and the light configuration (``*_light``,
    ``--light``). Test figures use a fixed subset of the test queries: ``random.Random(--seed)``
    draws ``--queries`` (100) of them. Passages are truncated to the recipe's
-   ``data.passage_max_length``.
-5. ``sweep``: the quality-vs-FLOPs table of the compensated model (``--sweep-models``) over
-   ``--sweep-depths`` x ``--sweep-compress`` (the paper's Figure 4): nDCG@10 and relative FLOPs
-   (the pairs' summed ``MatryoshkaReranker.flops`` under the configuration over that of the full
-   model), written to ``sweep-<split>.csv`` and plotted to ``sweep-<split>.png``.
+   ``data.passage_max_length``. Reranking runs one pass per width and reads every exit of that
+   width from it (``nestrank.rerank.rerank_run_exits``): the full-width pass gives ``*_full`` and
+   every sweep depth at full width; the light configuration joins the pass of its width.
+5. ``sweep``: the quality-vs-FLOPs table (the paper's Figure 4): nDCG@10 and relative FLOPs (the
+   pairs' summed ``MatryoshkaReranker.flops`` under the configuration over that of the full model)
+   at ``--sweep-depths`` for every width of ``--sweep-compress`` for the ``--sweep-models``
+   (``comp``), and at full width for every model (free from the full-width pass); written to
+   ``sweep-<split>.csv`` and plotted to ``sweep-<split>.png``.
 
 ``--validation-only`` (for hyperparameter sweeps) evaluates on the held-out validation queries
 (BM25 top ``--depth`` of those training queries) and prints no test figure; its keys start with
@@ -56,7 +59,7 @@ from nestrank.errors import ConfigError
 from nestrank.evaluate import evaluate
 from nestrank.models.matryoshka import MatryoshkaReranker
 from nestrank.models.matryoshka_config import parse_config
-from nestrank.rerank import rerank_run
+from nestrank.rerank import rerank_run_exits
 from nestrank.train.config import TrainConfig, load_config, parse_overrides
 from nestrank.train.mining import mine_to_file
 from nestrank.train.retriever import LOG_FILE, VALIDATION_FILE
@@ -130,6 +133,34 @@ def relative_flops(reranker: MatryoshkaReranker, config: str, lengths: Counter[t
     return cost / full
 
 
+def width_label(width: str | None) -> str:
+    """A sweep width's label: ``full`` or the compress value (``8:0.5``)."""
+    return "full" if width is None else width.removeprefix("compress=")
+
+
+def width_passes(num_layers: int, widths: list[str], depths: list[int]
+                 ) -> dict[tuple[object, int | None], tuple[str | None, list[int]]]:
+    """``{width key: (config, exits)}``: one reranking pass per width, scoring every valid depth of it.
+
+    The key is the parsed width (compression steps, passage cap), so a configuration of the same
+    width (the light one) can join its pass. A depth the width does not allow (a compression at or
+    after the exit, or beyond the model) is skipped with a message.
+    """
+    passes: dict[tuple[object, int | None], tuple[str | None, list[int]]] = {((), None): (None, [])}
+    for width in widths:
+        config = None if width == "full" else f"compress={width}"
+        parsed = parse_config(config)
+        exits = passes.setdefault((parsed.compress, parsed.passage_tokens), (config, []))[1]
+        for depth in depths:
+            try:
+                parse_config(f"depth={depth}" + ("" if config is None else f",{config}")).validate(num_layers)
+            except ConfigError as exc:
+                print(f"sweep: skipping depth={depth} at width {width}: {exc}", file=sys.stderr)
+                continue
+            exits.append(depth)
+    return passes
+
+
 def write_sweep(rows: list[dict[str, object]], bm25: float, csv_path: Path, png_path: Path, title: str) -> None:
     """The sweep table as CSV, and its plot: one line per (model, compression), x = relative FLOPs, y = nDCG@10."""
     import matplotlib
@@ -178,7 +209,8 @@ def main() -> None:
     parser.add_argument("--depth", type=int, default=20, help="BM25 depth that is reranked.")
     parser.add_argument("--light", default=None, help=f"Light configuration (default {LIGHT}; tiny: {TINY_LIGHT}).")
     parser.add_argument("--sweep-models", default="comp",
-                        help="Comma-separated models swept (of zeroshot, plain, distill, comp; '' = no sweep).")
+                        help="Comma-separated models swept over every width (of zeroshot, plain, distill, comp; "
+                             "'' = no sweep); when sweeping, every model's full-width depths come free.")
     parser.add_argument("--sweep-depths", default=None, help=f"Comma-separated exit layers (default {SWEEP_DEPTHS}).")
     parser.add_argument("--sweep-compress", default=None,
                         help=f"Comma-separated widths, 'full' = none (default {SWEEP_COMPRESS}).")
@@ -274,42 +306,46 @@ def main() -> None:
            for stage in STAGES}}  # a checkpoint records the recipe's passage and query lengths
 
     rerank_seconds = [0.0]  # reranking alone (no model loading), which scales with the queries
-
-    def ndcg(reranker: MatryoshkaReranker, config: str | None) -> float:
-        clock = time.perf_counter()
-        reranked = rerank_run(first, queries, ds.corpus, reranker, k=args.depth, config=config,
-                              batch_tokens=args.batch_tokens, show_progress=False)
-        rerank_seconds[0] += time.perf_counter() - clock
-        return round(evaluate(reranked, qrels, "ndcg@10")["nDCG@10"], 4)
-
+    light_config = parse_config(light)
+    light_width = (light_config.compress, light_config.passage_tokens)
     rows: list[dict[str, object]] = []
     lengths: Counter[tuple[int, int, int]] | None = None
-    eval_seconds = sweep_seconds = 0.0
+    eval_seconds = 0.0
     for name, load in loaders.items():
         clock = time.perf_counter()
         reranker = load()
-        for variant, config in (("full", None), ("light", light)):
-            figures[f"{prefix}{name}_{variant}"] = score = ndcg(reranker, config)
-            print(f"{split} {name}_{variant}: nDCG@10 {score:.4f}", file=sys.stderr, flush=True)
-        eval_seconds += time.perf_counter() - clock
-        if name not in sweep_models:
-            continue
-        clock = time.perf_counter()
         if lengths is None:
             lengths = pair_lengths(reranker, first, queries, ds.corpus, args.depth)
-        for width in widths:
+        # One pass per width scores every exit of that width (rerank_run_exits): the full-width pass
+        # gives *_full and the full-width sweep line of every model; the light configuration joins
+        # the pass of its width; other widths are swept for --sweep-models only.
+        passes = width_passes(reranker.num_layers, widths if name in sweep_models else ["full"], depths)
+        light_depth = light_config.exits[-1] if light_config.exits else reranker.num_layers
+        passes.setdefault(light_width, (light, []))[1].append(light_depth)
+        passes[((), None)][1].append(reranker.num_layers)
+        scores: dict[tuple[object, int], float] = {}
+        for key, (width, exits) in passes.items():
+            rerank_clock = time.perf_counter()
+            runs = rerank_run_exits(first, queries, ds.corpus, reranker, exits, k=args.depth, config=width,
+                                    batch_tokens=args.batch_tokens, show_progress=False)
+            rerank_seconds[0] += time.perf_counter() - rerank_clock
+            for layer, run in runs.items():
+                scores[(key, layer)] = round(evaluate(run, qrels, "ndcg@10")["nDCG@10"], 4)
+        figures[f"{prefix}{name}_full"] = scores[(((), None), reranker.num_layers)]
+        figures[f"{prefix}{name}_light"] = scores[(light_width, light_depth)]
+        print(f"{split} {name}: full {figures[f'{prefix}{name}_full']:.4f}, light "
+              f"{figures[f'{prefix}{name}_light']:.4f}", file=sys.stderr, flush=True)
+        for key, (width, _) in passes.items() if sweep_models else ():
+            label = width_label(width)
+            if key == light_width and label not in widths:
+                continue  # the light configuration's own width, not part of the sweep
             for depth in depths:
-                config = f"depth={depth}" + ("" if width == "full" else f",compress={width}")
-                try:
-                    parse_config(config).validate(reranker.num_layers)
-                except ConfigError as exc:
-                    print(f"sweep: skipping {config}: {exc}", file=sys.stderr)
-                    continue
-                rows.append({"model": name, "depth": depth, "compress": width, "config": config,
-                             "relative_flops": round(relative_flops(reranker, config, lengths), 4),
-                             "ndcg@10": ndcg(reranker, config)})
-                print(f"sweep {name} {config}: {rows[-1]}", file=sys.stderr, flush=True)
-        sweep_seconds += time.perf_counter() - clock
+                if (key, depth) in scores:
+                    config = f"depth={depth}" + ("" if label == "full" else f",compress={label}")
+                    rows.append({"model": name, "depth": depth, "compress": label, "config": config,
+                                 "relative_flops": round(relative_flops(reranker, config, lengths), 4),
+                                 "ndcg@10": scores[(key, depth)]})
+        eval_seconds += time.perf_counter() - clock
         del reranker
     figures["eval_minutes"] = round(eval_seconds / 60, 2)
     if rows:
@@ -317,10 +353,10 @@ def main() -> None:
         title = f"{figures['model']} on SciFact {split} ({len(ids)} queries, BM25 top {args.depth})"
         write_sweep(rows, bm25, csv_path, png_path, title)
         figures.update({f"{prefix}sweep": rows, "sweep_csv": str(csv_path), "sweep_png": str(png_path),
-                        "sweep_minutes": round(sweep_seconds / 60, 2)})
+})
     if args.smoke:  # reranking scales with the queries; a full run evaluates --queries (or every held-out one)
         full_queries = len(held) if args.validation_only else min(args.queries, len(test_queries))
-        projected = eval_seconds + sweep_seconds + rerank_seconds[0] * (full_queries / len(ids) - 1)
+        projected = eval_seconds + rerank_seconds[0] * (full_queries / len(ids) - 1)
         train = sum(figures.get(f"{stage}_projected_minutes", 0.0) for stage in STAGES)
         figures["projected_eval_minutes"] = round(projected / 60, 1)
         figures["projected_full_bench_minutes"] = round(train + figures["projected_eval_minutes"], 1)

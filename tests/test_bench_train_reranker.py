@@ -34,7 +34,13 @@ def test_bench_trains_every_stage_and_reports_test_then_validation_figures(tmp_p
     sweep = figures["sweep"]
     assert {row["depth"] for row in sweep} == {1, 2, 3, 4} and len({row["compress"] for row in sweep}) == 4
     assert all(0 < row["relative_flops"] <= 1 for row in sweep)
-    assert [row["relative_flops"] for row in sweep if row["compress"] == "full"] == [0.25, 0.5, 0.75, 1.0]
+    comp = {(row["depth"], row["compress"]): row for row in sweep if row["model"] == "comp"}
+    assert [comp[(d, "full")]["relative_flops"] for d in (1, 2, 3, 4)] == [0.25, 0.5, 0.75, 1.0]
+    assert {row["model"] for row in sweep if row["compress"] == "full"} == set(MODELS)  # free with the full pass
+    assert {row["model"] for row in sweep if row["compress"] != "full"} == {"comp"}
+    # one pass per width scores every depth: the full and light figures are the sweep's own points
+    assert figures["comp_full"] == comp[(4, "full")]["ndcg@10"]
+    assert figures["comp_light"] == comp[(2, "1:0.5")]["ndcg@10"]
     assert Path(figures["sweep_png"]).stat().st_size > 0 and Path(figures["sweep_csv"]).is_file()
 
     validation = run_bench("--out", str(tmp_path), "--validation-only", "--sweep-models", "")

@@ -185,3 +185,30 @@ def test_cli_reranks_with_the_matryoshka_engine_and_a_config(tiny_beir, tmp_path
     out.unlink()
     assert run_cli(monkeypatch, [*args, "--config", "depth=9"]) == 2
     assert "depth" in capsys.readouterr().err and not out.exists()
+
+
+def test_several_exits_in_one_pass_equal_one_rerank_per_exit():
+    from test_matryoshka import byte_tokenizer, tiny_llama
+
+    from nestrank.models.matryoshka import MatryoshkaReranker
+    from nestrank.rerank import rerank_run_exits
+
+    reranker = MatryoshkaReranker(tiny_llama(), byte_tokenizer(), max_passage_tokens=48)
+    run = first_stage()
+    calls: list[list[int]] = []
+    score_exits = reranker.score_exits
+    reranker.score_exits = lambda *a, **kw: calls.append(a[2]) or score_exits(*a, **kw)  # type: ignore[method-assign]
+    runs = rerank_run_exits(run, QUERIES, CORPUS, reranker, [6, 2, 4], k=4, config="compress=1:0.5",
+                            pairs_per_call=3, show_progress=False)
+    assert list(runs) == [2, 4, 6] and calls == [[2, 4, 6], [2, 4, 6]]  # one pass per chunk serves every exit
+    for layer, reranked in runs.items():
+        single = rerank_run(run, QUERIES, CORPUS, reranker, k=4, config=f"depth={layer},compress=1:0.5",
+                            show_progress=False)
+        assert reranked.doc_ids("q1") == single.doc_ids("q1") and reranked.doc_ids("q2") == single.doc_ids("q2")
+        for qid in run:
+            np.testing.assert_allclose([s for _, s in reranked[qid]], [s for _, s in single[qid]], rtol=1e-5)
+        assert reranked.doc_ids("q1")[4:] == ["d5", "d6"]  # the tail keeps first-stage order below
+    with pytest.raises(ConfigError, match="at least one exit"):
+        rerank_run_exits(run, QUERIES, CORPUS, reranker, [], show_progress=False)
+    with pytest.raises(ConfigError):
+        rerank_run_exits(run, QUERIES, CORPUS, reranker, [2], config="compress=4:0.5", show_progress=False)

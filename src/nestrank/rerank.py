@@ -9,20 +9,24 @@ meaning beyond that order.
 
 Pairs of several queries are scored in one :meth:`Reranker.score` call (about
 ``pairs_per_call`` pairs), so length-sorted batching packs them across queries.
+:func:`rerank_run_exits` reranks with several exits of a Matryoshka reranker in one pass.
 :func:`load_reranker` builds a reranker from a model name for the CLI and scripts.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from nestrank.data.corpus import Corpus, Document
 from nestrank.data.run import Run
 from nestrank.errors import ConfigError
 from nestrank.models.reranker import Reranker, RerankInputError
+
+if TYPE_CHECKING:
+    from nestrank.models.matryoshka import MatryoshkaReranker
 
 Kind = Literal["auto", "matryoshka", "pointwise"]
 KINDS: tuple[str, ...] = ("auto", "matryoshka", "pointwise")
@@ -59,37 +63,85 @@ def rerank_run(
             missing from ``corpus`` (checked before any scoring).
         ConfigError: ``k`` or ``pairs_per_call`` below 1.
     """
+    def score(pair_queries: list[str], pair_docs: list[Document]) -> list[Sequence[float]]:
+        scores = reranker.score(pair_queries, pair_docs, config=config, batch_tokens=batch_tokens)
+        if len(scores) != len(pair_docs) or getattr(scores, "ndim", 1) != 1:
+            raise ConfigError(f"{type(reranker).__name__}.score must return one score per document "
+                              "(request a single exit in config, or use rerank_run_exits)")
+        return [scores]
+
+    return _rerank(run, queries, corpus, score, 1, k, pairs_per_call, show_progress)[0]
+
+
+def rerank_run_exits(
+    run: Run,
+    queries: Mapping[str, str],
+    corpus: Corpus,
+    reranker: MatryoshkaReranker,
+    exits: Sequence[int],
+    *,
+    k: int = 100,
+    config: Any = None,
+    batch_tokens: int | None = None,
+    pairs_per_call: int = 512,
+    show_progress: bool = True,
+) -> dict[int, Run]:
+    """Rerank with several exit layers of a Matryoshka reranker at the cost of the deepest: ``{layer: Run}``.
+
+    Every batch runs once, up to the deepest of ``exits``, and each exit's head scores it
+    (:meth:`MatryoshkaReranker.score_exits`); ``config``'s width steps apply to every exit, so
+    ``exits=[10, 20, 30], config="compress=8:0.5"`` gives the same runs as three
+    :func:`rerank_run` calls with ``depth=10/20/30,compress=8:0.5``. Arguments, the ranking of
+    documents below ``k`` and errors are those of :func:`rerank_run`.
+    """
+    layers = sorted(set(exits))
+    if not layers:
+        raise ConfigError("rerank_run_exits needs at least one exit layer")
+
+    def score(pair_queries: list[str], pair_docs: list[Document]) -> list[Sequence[float]]:
+        table = reranker.score_exits(pair_queries, pair_docs, layers, config=config, batch_tokens=batch_tokens)
+        return [table[layer] for layer in layers]
+
+    runs = _rerank(run, queries, corpus, score, len(layers), k, pairs_per_call, show_progress)
+    return dict(zip(layers, runs, strict=True))
+
+
+ScoreFn = Callable[[list[str], list[Document]], list[Sequence[float]]]
+
+
+def _rerank(run: Run, queries: Mapping[str, str], corpus: Corpus, score: ScoreFn, outputs: int, k: int,
+            pairs_per_call: int, show_progress: bool) -> list[Run]:
+    """Rerank ``run`` with ``score``, which returns ``outputs`` score lists per call: one Run per list."""
     if k < 1:
         raise ConfigError(f"k (the reranking depth) must be at least 1, got {k}")
     if pairs_per_call < 1:
         raise ConfigError(f"pairs_per_call must be at least 1, got {pairs_per_call}")
     _check_ids(run, queries, corpus, k)
-    query_ids = list(run)
-    result = Run()
+    results = [Run() for _ in range(outputs)]
     progress = None
     if show_progress:
         from tqdm.auto import tqdm
 
-        progress = tqdm(total=len(query_ids), desc="reranking", unit="query")
+        progress = tqdm(total=len(run), desc="reranking", unit="query")
     try:
         chunk: list[str] = []
         pending = 0
-        for qid in query_ids:
+        for qid in run:
             chunk.append(qid)
             pending += min(k, len(run[qid]))
             if pending >= pairs_per_call:
-                _rerank_chunk(chunk, run, queries, corpus, reranker, k, config, batch_tokens, result)
+                _rerank_chunk(chunk, run, queries, corpus, score, k, results)
                 if progress is not None:
                     progress.update(len(chunk))
                 chunk, pending = [], 0
         if chunk:
-            _rerank_chunk(chunk, run, queries, corpus, reranker, k, config, batch_tokens, result)
+            _rerank_chunk(chunk, run, queries, corpus, score, k, results)
             if progress is not None:
                 progress.update(len(chunk))
     finally:
         if progress is not None:
             progress.close()
-    return result
+    return results
 
 
 def _check_ids(run: Run, queries: Mapping[str, str], corpus: Corpus, k: int) -> None:
@@ -109,27 +161,25 @@ def _check_ids(run: Run, queries: Mapping[str, str], corpus: Corpus, k: int) -> 
                                    "from)")
 
 
-def _rerank_chunk(chunk: list[str], run: Run, queries: Mapping[str, str], corpus: Corpus, reranker: Reranker,
-                  k: int, config: Any, batch_tokens: int | None, result: Run) -> None:
-    """Score the top-k pairs of several queries in one call and add their reranked lists to ``result``."""
+def _rerank_chunk(chunk: list[str], run: Run, queries: Mapping[str, str], corpus: Corpus, score: ScoreFn,
+                  k: int, results: list[Run]) -> None:
+    """Score the top-k pairs of several queries in one call and add their reranked lists to ``results``."""
     pair_queries: list[str] = []
     pair_docs: list[Document] = []
     for qid in chunk:
         docs = corpus.get_many(run.doc_ids(qid, k))
         pair_queries.extend([queries[qid]] * len(docs))
         pair_docs.extend(docs)
-    scores = reranker.score(pair_queries, pair_docs, config=config, batch_tokens=batch_tokens) if pair_docs else []
-    if len(scores) != len(pair_docs) or getattr(scores, "ndim", 1) != 1:
-        raise ConfigError(f"{type(reranker).__name__}.score must return one score per document "
-                          "(request a single exit in config)")
-    start = 0
-    for qid in chunk:
-        head = run.doc_ids(qid, k)
-        head_scores = [float(s) for s in scores[start:start + len(head)]]
-        start += len(head)
-        floor = min(head_scores, default=0.0)
-        tail = [(doc, floor - rank) for rank, doc in enumerate(run.doc_ids(qid)[k:], 1)]
-        result.add(qid, [*zip(head, head_scores, strict=True), *tail])
+    tables = score(pair_queries, pair_docs) if pair_docs else [[] for _ in results]
+    for scores, result in zip(tables, results, strict=True):
+        start = 0
+        for qid in chunk:
+            head = run.doc_ids(qid, k)
+            head_scores = [float(s) for s in scores[start:start + len(head)]]
+            start += len(head)
+            floor = min(head_scores, default=0.0)
+            tail = [(doc, floor - rank) for rank, doc in enumerate(run.doc_ids(qid)[k:], 1)]
+            result.add(qid, [*zip(head, head_scores, strict=True), *tail])
 
 
 def detect_kind(name_or_path: str | Path) -> Literal["matryoshka", "pointwise"]:
