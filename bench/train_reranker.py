@@ -51,6 +51,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import numpy as np
+import torch
 from rerank_quality import LIGHT, TINY_LIGHT, sample_queries, tiny_model_dir
 from train_retriever import bm25_runs
 
@@ -98,6 +99,7 @@ def train_stage(config: TrainConfig) -> dict[str, float]:
     log = [json.loads(line) for line in (out / LOG_FILE).read_text(encoding="utf-8").splitlines()]
     timed = [b["seconds"] - a["seconds"] for a, b in zip(log, log[1:], strict=False)]  # step 1 has warm-up
     record = {"minutes": round(minutes, 2), "steps": result.steps, "final_loss": round(result.loss, 4),
+              "threads": torch.get_num_threads(), "load_average_15m": round(os.getloadavg()[2], 2),
               "seconds_per_step": round(float(np.mean(timed)) if timed else result.seconds / max(1, result.steps), 2)}
     (out / TIMING_FILE).write_text(json.dumps(record) + "\n", encoding="utf-8")
     return record
@@ -215,6 +217,11 @@ def main() -> None:
     parser.add_argument("--sweep-compress", default=None,
                         help=f"Comma-separated widths, 'full' = none (default {SWEEP_COMPRESS}).")
     parser.add_argument("--batch-tokens", type=int, default=None, help="Padded tokens per scoring batch.")
+    parser.add_argument("--train-only", default=None, metavar="STAGES",
+                        help="Comma-separated stages to train (of plain, distill, comp), then stop without "
+                             "evaluating: run two benches with one stage each and --threads 1 to train plain and "
+                             "distill side by side; a later run reuses them.")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
     args = parser.parse_args()
     tiny = args.model == "tiny"
     if args.model not in (None, "tiny"):
@@ -224,6 +231,12 @@ def main() -> None:
     if unknown:
         parser.error(f"--sweep-models: unknown {', '.join(sorted(unknown))} "
                      f"(choose from zeroshot, {', '.join(STAGES)})")
+    train_only = [m for m in (args.train_only or "").split(",") if m]
+    if set(train_only) - set(STAGES):
+        parser.error(f"--train-only: unknown {', '.join(sorted(set(train_only) - set(STAGES)))} "
+                     f"(choose from {', '.join(STAGES)})")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     depths = [int(x) for x in (args.sweep_depths or (TINY_SWEEP_DEPTHS if tiny else SWEEP_DEPTHS)).split(",")]
     widths = (args.sweep_compress or (TINY_SWEEP_COMPRESS if tiny else SWEEP_COMPRESS)).split(",")
 
@@ -236,8 +249,6 @@ def main() -> None:
     groups_path = out / "train-groups.jsonl"
     overrides: dict[str, object] = {"data.train_groups": str(groups_path)}
     if tiny:
-        import torch
-
         torch.set_num_threads(1)  # tiny models run far faster on one thread on this busy 2-core machine
         model_dir = out / "tiny-llama"
         if not (model_dir / "config.json").is_file():
@@ -267,9 +278,15 @@ def main() -> None:
 
     configs = {stage: stage_config(args.recipe, overrides, out, stage) for stage in STAGES}
     for stage, config in configs.items():
+        if train_only and stage not in train_only:
+            continue
         print(f"stage {stage} ({config.reranker.stage}) -> {config.train.output_dir}", file=sys.stderr, flush=True)
         record = train_stage(config)
         figures.update({f"{stage}_{key}": value for key, value in record.items()})
+    if train_only:
+        figures["total_minutes"] = round((time.perf_counter() - start) / 60, 2)
+        print(json.dumps(figures))
+        return
     held_file = out / "distill" / VALIDATION_FILE  # written by the trainer: the held-out training queries
     held = set(held_file.read_text(encoding="utf-8").split()) if held_file.is_file() else set()
     if not held:

@@ -26,7 +26,11 @@ def run_bench(*args: str) -> dict:
 @pytest.mark.slow
 @pytest.mark.skipif(not (SCIFACT / "corpus.jsonl").is_file(), reason="SciFact not found next to the repo")
 def test_bench_trains_every_stage_and_reports_test_then_validation_figures(tmp_path):
+    trained = run_bench("--out", str(tmp_path), "--train-only", "distill", "--threads", "1")
+    assert trained["distill_steps"] == 2 and trained["distill_threads"] == 1
+    assert "plain_steps" not in trained and "bm25" not in trained  # one stage, no evaluation
     figures = run_bench("--out", str(tmp_path))
+    assert figures["distill_minutes"] == trained["distill_minutes"]  # reused, with its timing
     expected = ["bm25"] + [f"{m}_{v}" for m in MODELS for v in ("full", "light")]
     assert all(0.0 <= figures[key] <= 1.0 for key in expected)
     assert all(figures[f"{stage}_steps"] == 2 and figures[f"{stage}_minutes"] >= 0 for stage in MODELS[1:])
