@@ -242,12 +242,7 @@ class RerankerTrainer:
         batcher, steps_per_epoch, total = plan_steps(cfg, groups)
 
         torch.manual_seed(t.seed)
-        reranker, self._peft_model, params = build_reranker(cfg, device=str(acc.device))
-        self.reranker = reranker
-        self.teachers = self._teachers(reranker.num_layers)
-        options = student_options(r, self.teachers)
-        sample_students(options, r.students_per_step, t.seed, 0)  # fails early when there are too few options
-        module = scoring_module(reranker)
+        module, params, options = self._setup(str(acc.device))
         optimizer, scheduler = optimizer_and_schedule(params, t, total)
         self.module, optimizer = acc.prepare(module, optimizer)
 
@@ -296,8 +291,7 @@ class RerankerTrainer:
             bar.close()
         final = self.output_dir / "final"
         self._save(final, optimizer, scheduler, step)
-        reranker.model.eval()
-        reranker.heads.to(reranker.model.get_output_embeddings().weight.dtype)  # score outside autocast, as reloaded
+        self._finish()
         acc.wait_for_everyone()
         return TrainResult(final, step, loss, time.perf_counter() - start_time)
 
@@ -333,6 +327,23 @@ class RerankerTrainer:
                                           distill_temperature=r.distill_temperature, distill=r.stage != "contrastive")
 
     # ----------------------------------------------------------------- internals
+
+    def _setup(self, device: str) -> tuple[torch.nn.Module, list[torch.nn.Parameter], list[Student]]:
+        """Load the model for the stage: the module to train, its trainable parameters and the student options."""
+        cfg = self.config
+        reranker, self._peft_model, params = build_reranker(cfg, device=device)
+        self.reranker = reranker
+        self.teachers = self._teachers(reranker.num_layers)
+        options = student_options(cfg.reranker, self.teachers)
+        sample_students(options, cfg.reranker.students_per_step, cfg.train.seed, 0)  # fails early: too few options
+        return scoring_module(reranker), params, options
+
+    def _finish(self) -> None:
+        """Leave the trained reranker ready to score, as a reload of the final checkpoint would be."""
+        reranker = self.reranker
+        assert reranker is not None
+        reranker.model.eval()
+        reranker.heads.to(reranker.model.get_output_embeddings().weight.dtype)  # score outside autocast
 
     def _teachers(self, num_layers: int) -> list[int]:
         r = self.config.reranker
@@ -380,18 +391,12 @@ class RerankerTrainer:
         """Write a checkpoint directory atomically (built aside, renamed into place); main process only."""
         import torch
 
-        from nestrank.models.matryoshka import LORA_DIR
 
-        acc, reranker = self.accelerator, self.reranker
-        assert reranker is not None
+        acc = self.accelerator
         acc.wait_for_everyone()
         if acc.is_main_process:
             with atomic_dir(path, STATE_FILE, "a training checkpoint") as tmp:
-                reranker.save_pretrained(tmp)
-                if self._peft_model is not None:
-                    self._peft_model.save_pretrained(tmp / LORA_DIR, safe_serialization=True, save_embedding_layers=False)
-                elif (Path(self.config.reranker.init) / LORA_DIR).is_dir():  # compensate: keep the distilled LoRA
-                    shutil.copytree(Path(self.config.reranker.init) / LORA_DIR, tmp / LORA_DIR)
+                self._save_model(tmp)
                 torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
                 (tmp / SCHEDULER_FILE).write_text(json.dumps(scheduler.state_dict(), default=lambda _: None),
                                                   encoding="utf-8")
@@ -401,34 +406,47 @@ class RerankerTrainer:
         acc.wait_for_everyone()
         return path
 
-    def _resume(self, path: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
-        """Load weights (LoRA, heads, compensation), optimizer and scheduler from ``path``; returns its step."""
-        import torch
-        from safetensors.torch import load_file
-
-        from nestrank.models.matryoshka import COMPENSATION_FILE, HEADS_FILE, LORA_DIR
+    def _save_model(self, path: Path) -> None:
+        """The reranker's files of a checkpoint: a Matryoshka checkpoint directory with ``lora/``."""
+        from nestrank.models.matryoshka import LORA_DIR
 
         reranker = self.reranker
         assert reranker is not None
+        reranker.save_pretrained(path)
+        if self._peft_model is not None:
+            self._peft_model.save_pretrained(path / LORA_DIR, safe_serialization=True, save_embedding_layers=False)
+        elif (Path(self.config.reranker.init) / LORA_DIR).is_dir():  # compensate: keep the distilled LoRA
+            shutil.copytree(Path(self.config.reranker.init) / LORA_DIR, path / LORA_DIR)
+
+    def _resume(self, path: Path, optimizer: torch.optim.Optimizer, scheduler: Any) -> int:
+        """Load weights (LoRA, heads, compensation), optimizer and scheduler from ``path``; returns its step."""
+        import torch
+
         state_file = path / STATE_FILE
         if not state_file.is_file():
             raise ConfigError(f"train.resume_from: {path} is not a training checkpoint (no {STATE_FILE}; "
                               "fix: point to a checkpoint-STEP directory written by the trainer)")
         state = json.loads(state_file.read_text(encoding="utf-8"))
         check_compatible(state["config"], self.config.to_dict(), path, RERANKER_RESUME_KEYS)
-        if self._peft_model is not None:
-            from peft import set_peft_model_state_dict
+        self._load_model(path)
+        optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
+        scheduler.load_state_dict(json.loads((path / SCHEDULER_FILE).read_text(encoding="utf-8")))
+        return int(state["step"])
 
-            result = set_peft_model_state_dict(self._peft_model, load_file(path / LORA_DIR / "adapter_model.safetensors"))
-            if getattr(result, "unexpected_keys", None):
-                raise ConfigError(f"{path}: adapter weights do not fit the model ({result.unexpected_keys[:2]} ...)")
+    def _load_model(self, path: Path) -> None:
+        """Load the trained weights of checkpoint ``path`` (LoRA, heads, compensation) into the model."""
+        from safetensors.torch import load_file
+
+        from nestrank.models.matryoshka import COMPENSATION_FILE, HEADS_FILE, LORA_DIR
+
+        reranker = self.reranker
+        assert reranker is not None
+        if self._peft_model is not None:
+            load_adapter_weights(self._peft_model, path / LORA_DIR, path)
         heads = load_file(path / HEADS_FILE)
         reranker.heads.load_state_dict({k.removeprefix("heads."): v for k, v in heads.items()})
         if reranker.compensation is not None:
             reranker.compensation.load_state_dict(load_file(path / COMPENSATION_FILE))
-        optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
-        scheduler.load_state_dict(json.loads((path / SCHEDULER_FILE).read_text(encoding="utf-8")))
-        return int(state["step"])
 
     def _progress_bar(self, total: int, initial: int) -> Any:
         if not (self.progress and self.accelerator.is_main_process):
@@ -443,6 +461,16 @@ class RerankerTrainer:
             return
         with open(self.output_dir / LOG_FILE, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
+
+
+def load_adapter_weights(peft_model: PeftModel, adapter_dir: Path, checkpoint: Path) -> None:
+    """Load ``adapter_dir``'s ``adapter_model.safetensors`` into ``peft_model`` (resume); refuses weights that do not fit."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    result = set_peft_model_state_dict(peft_model, load_file(adapter_dir / "adapter_model.safetensors"))
+    if getattr(result, "unexpected_keys", None):
+        raise ConfigError(f"{checkpoint}: adapter weights do not fit the model ({result.unexpected_keys[:2]} ...)")
 
 
 def train_reranker(config: TrainConfig, progress: bool = True) -> TrainResult:
