@@ -142,7 +142,7 @@ def test_retriever_configs_and_recipes_load():
     root = Path(__file__).resolve().parents[1] / "recipes"
     for name in ("repllama-msmarco-passage", "scifact-smollm2-retriever"):
         load_config(root / f"{name}.toml")
-    load_config(root / "rankllama-msmarco-passage.toml").validate_reranker()
+    assert load_config(root / "rankllama-msmarco-passage.toml").validate_reranker().reranker.kind == "pointwise"
     for name in ("matryoshka-msmarco-passage", "scifact-smollm2-matryoshka"):
         for stage in ("contrastive", "distill", "compensate"):
             load_config(root / f"{name}.toml", {"reranker.stage": stage, "reranker.init": "x"}).validate_reranker()

@@ -14,7 +14,8 @@ Checkpoints (see ``docs/reranking.md``):
 - a PEFT adapter in the public RankLLaMA layout (``castorini/rankllama-v1-7b-lora-passage``):
   ``adapter_config.json`` with ``task_type: SEQ_CLS`` and ``base_model_name_or_path``, and
   ``adapter_model.safetensors`` holding the LoRA weights and, via ``modules_to_save``, the
-  trained ``score`` head.
+  trained ``score`` head; a ``nestrank.json`` beside it (written by the pointwise trainer)
+  supplies the trained ``max_length`` and templates.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+SETTINGS_FILE = "nestrank.json"
 QUERY_TEMPLATE = "query: {query}"
 DOCUMENT_TEMPLATE = "document: {title} {text}"
 
@@ -131,7 +133,15 @@ class PointwiseReranker(Reranker):
         model, tokenizer = load_backbone(name_or_path, task="seq-cls", num_labels=1, dtype=dtype, device=device,
                                          merge_lora=merge_lora, base_model=base_model,
                                          attn_implementation=attn_implementation)
-        return cls(model, tokenizer, **kwargs)
+        return cls(model, tokenizer, **{**_saved_settings(Path(source.adapter or source.path)), **kwargs})
+
+    def save_settings(self, path: str | Path) -> Path:
+        """Write ``nestrank.json`` (max length, templates) into ``path``, read back by :meth:`from_pretrained`."""
+        settings = {"kind": "pointwise", "max_length": self.max_length, "query_template": self.query_template,
+                    "document_template": self.document_template}
+        target = Path(path) / SETTINGS_FILE
+        target.write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        return target
 
     @property
     def device(self) -> torch.device:
@@ -187,15 +197,40 @@ class PointwiseReranker(Reranker):
         """Scores of one padded batch of token-id lists."""
         import torch
 
-        padded = self.tokenizer.pad({"input_ids": batch}, return_tensors="pt", return_attention_mask=True)
-        input_ids = padded["input_ids"].to(self.device)
-        mask = padded["attention_mask"].to(self.device)
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        input_ids, mask = self.pad(batch)
         with torch.inference_mode():
-            hidden = self.backbone(input_ids=input_ids, attention_mask=mask, position_ids=positions).last_hidden_state
-            last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(mask)]
-            scores = self.head(last).squeeze(-1)
+            scores = self.forward_batch(input_ids, mask)
         return scores.float().cpu().numpy()
+
+    def pad(self, batch: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(input_ids, attention_mask)`` of token-id lists (from :meth:`encode`), padded, on the model's device."""
+        padded = self.tokenizer.pad({"input_ids": batch}, return_tensors="pt", return_attention_mask=True)
+        return padded["input_ids"].to(self.device), padded["attention_mask"].to(self.device)
+
+    def forward_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Scores ``(B,)`` of a padded batch, with autograd (the trainer's forward; :meth:`score` wraps it)."""
+        import torch
+
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                               position_ids=positions).last_hidden_state
+        last = hidden[torch.arange(hidden.shape[0], device=hidden.device), last_token_index(attention_mask)]
+        return self.head(last).squeeze(-1)
+
+
+def _saved_settings(path: Path) -> dict[str, Any]:
+    """Constructor defaults from a checkpoint's ``nestrank.json`` (written by the pointwise trainer), if any."""
+    file = path / SETTINGS_FILE
+    if not file.is_file():
+        return {}
+    try:
+        saved = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"{file}: cannot read the reranker settings ({exc})") from None
+    if not isinstance(saved, dict) or saved.get("kind") != "pointwise":
+        raise ConfigError(f"{file} is not a pointwise reranker's settings file (kind {saved.get('kind')!r})"
+                          if isinstance(saved, dict) else f"{file}: expected a JSON object")
+    return {key: saved[key] for key in ("max_length", "query_template", "document_template") if key in saved}
 
 
 def _is_seq_cls_checkpoint(path: Path) -> bool:

@@ -116,12 +116,17 @@ class OptimConfig:
 
 
 RERANKER_STAGES = ("contrastive", "distill", "compensate")
+RERANKER_KINDS = ("matryoshka", "pointwise")
 
 
 @dataclass
 class RerankerConfig:
-    """The Matryoshka reranker trainer (``nestrank train reranker``); see docs/training.md.
+    """The reranker trainer (``nestrank train reranker``); see docs/training.md.
 
+    ``kind``: ``matryoshka`` (a :class:`~nestrank.models.matryoshka.MatryoshkaReranker`, all keys
+    below) or ``pointwise`` (a RankLLaMA-style
+    :class:`~nestrank.models.pointwise.PointwiseReranker`: stage ``contrastive`` only, and none
+    of the Matryoshka keys; ``students_per_step`` is not used).
     ``stage``: ``contrastive`` (hard-label group loss of teachers and students, LoRA + heads),
     ``distill`` (the same plus the KL terms of Eq. 9) or ``compensate`` (frozen distilled
     model, only the V-/H-LoRA compensation trains). ``init``: a Matryoshka checkpoint to start
@@ -133,6 +138,7 @@ class RerankerConfig:
     shape the V-/H-LoRA of the ``compensate`` stage (on ``lora.target_modules``).
     """
 
+    kind: str = "matryoshka"
     stage: str = "distill"
     init: str = ""
     teachers: list[int] = field(default_factory=list)
@@ -198,6 +204,10 @@ class TrainConfig:
 
         self.validate(where)
         r, m, lo = self.reranker, self.model, self.lora
+        if r.kind not in RERANKER_KINDS:
+            raise ConfigError(f"{where}: reranker.kind must be one of {', '.join(RERANKER_KINDS)}, got {r.kind!r}")
+        if r.kind == "pointwise":
+            return self._validate_pointwise(where)
         checks: list[tuple[bool, str, str]] = [
             (r.stage in RERANKER_STAGES, "reranker.stage", f"must be one of {', '.join(RERANKER_STAGES)}, got {r.stage!r}"),
             (r.stage != "compensate" or bool(r.init), "reranker.init",
@@ -238,6 +248,27 @@ class TrainConfig:
                 raise ConfigError(f"{where}: reranker.student_compress entry {option!r} compresses after layer "
                                   f"{parsed.compress[-1].layer}, at or after every student depth {r.student_depths} "
                                   "(fix: compress earlier or add deeper student_depths)")
+        return self
+
+    def _validate_pointwise(self, where: str) -> TrainConfig:
+        r, defaults = self.reranker, RerankerConfig()
+        checks: list[tuple[bool, str, str]] = [
+            (r.stage == "contrastive", "reranker.stage",
+             f"must be \"contrastive\" for kind = \"pointwise\" (got {r.stage!r}): distillation and compensation "
+             "are Matryoshka stages"),
+            (not r.init, "reranker.init", "is not supported for kind = \"pointwise\" (fix: train from model.backbone, "
+             "or resume with train.resume_from)"),
+            (self.lora.enabled, "lora.enabled", "must be true: the pointwise trainer trains LoRA + the score head"),
+            (self.data.group_size >= 2, "data.group_size",
+             f"must be >= 2 for the group loss (1 positive + negatives), got {self.data.group_size}"),
+        ]
+        for key in ("teachers", "student_depths", "student_compress", "distill_temperature", "compensation_r",
+                    "compensation_alpha", "compensation_factors"):
+            checks.append((getattr(r, key) == getattr(defaults, key), f"reranker.{key}",
+                           "is a Matryoshka setting (fix: remove it for kind = \"pointwise\")"))
+        for ok, key, problem in checks:
+            if not ok:
+                raise ConfigError(f"{where}: {key} {problem}")
         return self
 
     def to_dict(self) -> dict[str, dict[str, Any]]:

@@ -257,7 +257,7 @@ class RerankerTrainer:
         while step < total:
             epoch, first = divmod(step, steps_per_epoch)
             torch.manual_seed(hash_seed(t.seed, acc.process_index, step))  # dropout: same masks after a resume
-            students = sample_students(options, r.students_per_step, t.seed, step)
+            students = sample_students(options, r.students_per_step, t.seed, step) if options else []
             losses: list[float] = []
             parts: dict[str, float] = {}
             for micro in range(t.grad_accum_steps):
@@ -453,7 +453,9 @@ class RerankerTrainer:
             return None
         from tqdm.auto import tqdm
 
-        return tqdm(total=total, initial=initial, desc=f"train reranker ({self.config.reranker.stage})", unit="step",
+        r = self.config.reranker
+        label = "pointwise" if r.kind == "pointwise" else r.stage
+        return tqdm(total=total, initial=initial, desc=f"train reranker ({label})", unit="step",
                     dynamic_ncols=True)
 
     def _log(self, record: dict[str, Any]) -> None:
@@ -474,5 +476,13 @@ def load_adapter_weights(peft_model: PeftModel, adapter_dir: Path, checkpoint: P
 
 
 def train_reranker(config: TrainConfig, progress: bool = True) -> TrainResult:
-    """Train a Matryoshka reranker from ``config`` (see :class:`RerankerTrainer`); returns the final checkpoint."""
+    """Train the reranker ``config`` describes; returns the final checkpoint.
+
+    :class:`RerankerTrainer` for ``reranker.kind = "matryoshka"``,
+    :class:`~nestrank.train.pointwise.PointwiseTrainer` for ``"pointwise"``.
+    """
+    if config.reranker.kind == "pointwise":
+        from nestrank.train.pointwise import PointwiseTrainer
+
+        return PointwiseTrainer(config, progress=progress).train()
     return RerankerTrainer(config, progress=progress).train()

@@ -1,0 +1,121 @@
+"""Training of a pointwise reranker (RankLLaMA, Ma et al. 2023): ``reranker.kind = "pointwise"``.
+
+The model is the backbone as a sequence-classification decoder with one output: a linear
+``score`` head on the last real token of ``query: {q} document: {title} {text}</s>``
+(:class:`~nestrank.models.pointwise.PointwiseReranker`). The head starts from transformers'
+random initialisation, as in RankLLaMA; LoRA (peft, ``task_type = SEQ_CLS``) adapts the
+backbone and the head trains in full (``modules_to_save``). Each query's group of
+``data.group_size`` passages (1 positive + hard negatives, no in-batch negatives) gives
+``-log softmax(scores / train.temperature)[positive]``. The input is cut to
+``data.query_max_length + data.passage_max_length`` tokens (``longest_first``: the passage
+first), EOS kept. Loop, schedule, logging, DDP, checkpoints and resume are those of
+:class:`~nestrank.train.reranker.RerankerTrainer` (logged part: ``ce``).
+
+Checkpoints (``checkpoint-STEP/``, ``final/``) are PEFT adapters in the public RankLLaMA
+layout, which :meth:`PointwiseReranker.from_pretrained` and ``nestrank rerank --model DIR``
+load (``base_model_name_or_path`` is ``model.backbone`` as configured)::
+
+    adapter_config.json, adapter_model.safetensors   LoRA + the score head (task_type SEQ_CLS)
+    nestrank.json                                    max_length and templates
+    tokenizer files
+    trainer_state.json, optimizer.pt, scheduler.json for train.resume_from
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from nestrank.train.batches import ContrastiveBatch
+from nestrank.train.reranker import RerankerTrainer, Student, load_adapter_weights
+from nestrank.train.retriever import check_lora_targets, enable_gradient_checkpointing
+
+if TYPE_CHECKING:
+    import torch
+    from peft import PeftModel
+
+    from nestrank.models.pointwise import PointwiseReranker
+    from nestrank.train.config import TrainConfig
+    from nestrank.train.reranker_losses import DistillationLoss
+
+__all__ = ["PointwiseTrainer", "build_pointwise"]
+
+
+def build_pointwise(config: TrainConfig, device: str | None = None
+                    ) -> tuple[PointwiseReranker, PeftModel, list[torch.nn.Parameter]]:
+    """Load ``model.backbone`` as a one-output sequence-classifier with LoRA; returns ``(reranker, peft_model, params)``."""
+    from peft import LoraConfig, get_peft_model
+
+    from nestrank.models.backbone import load_backbone
+    from nestrank.models.pointwise import PointwiseReranker
+
+    m, d, lo = config.model, config.data, config.lora
+    model, tokenizer = load_backbone(m.backbone, task="seq-cls", num_labels=1,
+                                     dtype="bfloat16" if m.dtype == "bfloat16" else "float32", device=device,
+                                     attn_implementation=m.attn_implementation)
+    model.requires_grad_(False)
+    check_lora_targets(model, lo.target_modules, m.backbone)
+    if m.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
+    peft_model = get_peft_model(model, LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
+                                                  target_modules=list(lo.target_modules), task_type="SEQ_CLS",
+                                                  modules_to_save=["score"]))
+    peft_model.peft_config["default"].base_model_name_or_path = m.backbone  # as configured: a preset, path or id
+    reranker = PointwiseReranker(peft_model, tokenizer, max_length=d.query_max_length + d.passage_max_length)
+    params = [p for p in peft_model.parameters() if p.requires_grad]
+    peft_model.train()
+    return reranker, peft_model, params
+
+
+class PointwiseTrainer(RerankerTrainer):
+    """Trains a :class:`~nestrank.models.pointwise.PointwiseReranker`; see the module docstring.
+
+    After :meth:`train`, :attr:`reranker` is the trained reranker (in eval mode).
+    """
+
+    reranker: PointwiseReranker | None
+
+    def batch_loss(self, batch: ContrastiveBatch, students: list[Student]) -> DistillationLoss:
+        """Group cross-entropy of one micro-batch (``students`` is always empty)."""
+        from nestrank.train.reranker_losses import DistillationLoss, group_cross_entropy
+
+        reranker = self.reranker
+        assert reranker is not None and self.module is not None
+        size = self.config.data.group_size
+        queries = [q for q in batch.queries for _ in range(size)]
+        input_ids, mask = reranker.pad(reranker.encode(queries, batch.passages))
+        with self.accelerator.autocast():
+            scores = self.module(input_ids, mask).view(len(batch.queries), size)
+        loss = group_cross_entropy(scores, self.config.train.temperature)
+        return DistillationLoss(loss, {"ce": float(loss.detach())})
+
+    def _setup(self, device: str) -> tuple[torch.nn.Module, list[torch.nn.Parameter], list[Student]]:
+        import torch
+
+        reranker, self._peft_model, params = build_pointwise(self.config, device=device)
+        self.reranker = reranker
+
+        class PairScorer(torch.nn.Module):  # owns the PEFT model, so DDP can wrap it
+            def __init__(self) -> None:
+                super().__init__()
+                self.model = reranker.model
+
+            def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+                return reranker.forward_batch(input_ids, attention_mask)
+
+        return PairScorer(), params, []
+
+    def _finish(self) -> None:
+        assert self.reranker is not None
+        self.reranker.model.eval()
+
+    def _save_model(self, path: Path) -> None:
+        reranker, peft_model = self.reranker, self._peft_model
+        assert reranker is not None and peft_model is not None
+        peft_model.save_pretrained(path, safe_serialization=True, save_embedding_layers=False)
+        reranker.tokenizer.save_pretrained(path)
+        reranker.save_settings(path)
+
+    def _load_model(self, path: Path) -> None:
+        assert self._peft_model is not None
+        load_adapter_weights(self._peft_model, path, path)
