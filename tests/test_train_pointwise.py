@@ -18,8 +18,8 @@ from nestrank.errors import ConfigError  # noqa: E402
 from nestrank.models.pointwise import PointwiseReranker  # noqa: E402
 from nestrank.rerank import detect_kind, load_reranker  # noqa: E402
 from nestrank.train.config import config_from_dict  # noqa: E402
-from nestrank.train.reranker import train_reranker  # noqa: E402
 from nestrank.train.pointwise import PointwiseTrainer  # noqa: E402
+from nestrank.train.reranker import train_reranker  # noqa: E402
 
 QUERY = "where is the cat"
 DOCS = ["the cat is here, a cat by the road", "moon river stone", "a bird and a fish in the rain"]

@@ -15,6 +15,9 @@ loss is :func:`~nestrank.train.reranker_losses.cascaded_self_distillation` (Eq. 
   Teacher scores come from the model *without* the compensation, under ``no_grad`` (fixed
   targets); students run with it.
 
+``reranker.kind = "pointwise"`` trains a RankLLaMA-style pointwise reranker through the same
+loop instead (:mod:`nestrank.train.pointwise`); :func:`train_reranker` picks the trainer.
+
 Checkpoints (``checkpoint-STEP/``, ``final/``) are Matryoshka checkpoint directories that
 :meth:`~nestrank.models.matryoshka.MatryoshkaReranker.from_pretrained` loads in one call::
 
@@ -62,8 +65,8 @@ if TYPE_CHECKING:
     from nestrank.models.matryoshka_config import MatryoshkaConfig
     from nestrank.train.reranker_losses import DistillationLoss
 
-__all__ = ["RerankerTrainer", "Student", "build_reranker", "sample_students", "scoring_module", "student_options",
-           "train_reranker"]
+__all__ = ["RerankerTrainer", "Student", "build_reranker", "load_adapter_weights", "sample_students", "scoring_module",
+           "student_options", "train_reranker"]
 
 #: Settings that must not change between a checkpoint and the run resuming from it.
 RERANKER_RESUME_KEYS = {**RESUME_KEYS, "reranker": None}
@@ -390,7 +393,6 @@ class RerankerTrainer:
     def _save(self, path: Path, optimizer: torch.optim.Optimizer, scheduler: Any, step: int) -> Path:
         """Write a checkpoint directory atomically (built aside, renamed into place); main process only."""
         import torch
-
 
         acc = self.accelerator
         acc.wait_for_everyone()
