@@ -63,7 +63,8 @@ def main() -> None:
     held = sorted((out / VALIDATION_FILE).read_text(encoding="utf-8").split())[:args.queries]
     bm25 = Run.read(work / "bm25.train.run")
     first = Run({q: bm25[q] for q in held})
-    qrels = Qrels({q: ds.qrels("train")[q] for q in held})
+    train_qrels = ds.qrels("train")
+    qrels = Qrels({q: train_qrels[q] for q in held})
     queries = ds.split_queries("train")
     figures.update({"queries": len(held), "bm25": round(evaluate(first, qrels, "ndcg@10")["nDCG@10"], 4)})
     reranker = MatryoshkaReranker.from_pretrained(out / "final", dtype="float32")

@@ -36,3 +36,13 @@ def write_beir(root: Path) -> Path:
 def tiny_beir(tmp_path: Path) -> Path:
     """A tiny BEIR dataset directory: 5 documents, 3 queries, qrels for ``test`` and ``train``."""
     return write_beir(tmp_path / "tiny")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: one thread is ~50x faster than two on a busy 2-core machine (thread hand-offs dominate)."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -25,12 +25,7 @@ QUERY = "where is the cat"
 DOCS = ["the cat is here, a cat by the road", "moon river stone", "a bird and a fish in the rain"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +123,17 @@ def test_train_reranker_dispatches_on_kind(setup, tmp_path):
 def test_config_errors(setup, tmp_path, reranker, match):
     with pytest.raises(ConfigError, match=match):
         PointwiseTrainer(make_config(setup, tmp_path, reranker), progress=False)
+
+
+def test_broken_settings_file_fails_clearly(trained, tmp_path):
+    import shutil
+
+    _, result, _ = trained
+    broken = tmp_path / "broken"
+    shutil.copytree(result.checkpoint, broken)
+    (broken / "nestrank.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ConfigError, match="nestrank.json: cannot read the reranker settings"):
+        PointwiseReranker.from_pretrained(broken, dtype="float32", device="cpu")
+    (broken / "nestrank.json").write_text('{"kind": "matryoshka"}', encoding="utf-8")
+    with pytest.raises(ConfigError, match="not a pointwise reranker checkpoint"):
+        PointwiseReranker.from_pretrained(broken, dtype="float32", device="cpu")

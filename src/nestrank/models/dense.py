@@ -28,6 +28,7 @@ from nestrank.data.corpus import Document
 from nestrank.errors import ConfigError, DataFormatError
 from nestrank.models.batching import map_batches
 from nestrank.models.pooling import POOLINGS, Pooling, pool
+from nestrank.models.settings import SETTINGS_FILE, read_settings
 
 if TYPE_CHECKING:
     import torch
@@ -90,20 +91,10 @@ def trained_encoder_settings(name_or_path: str | Path) -> dict[str, Any]:
     :meth:`DenseEncoder.from_pretrained` applies it, so a checkpoint encodes with the pooling,
     prefixes and lengths it was trained with (written by :mod:`nestrank.train.checkpoint`).
     """
-    import json
-
-    path = Path(name_or_path) / "nestrank.json"
-    if not path.is_file():
-        return {}
-    try:
-        settings = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read the encoder settings ({exc}) (fix: restore or delete the file)") from None
-    if not isinstance(settings, dict) or settings.get("kind") != "dense-encoder" \
-            or not isinstance(settings.get("encoder"), dict):
-        kind = settings.get("kind") if isinstance(settings, dict) else None
-        raise ConfigError(f"{path}: not a dense-encoder checkpoint (its kind is {kind!r}; fix: load it with the "
-                          "class that wrote it, e.g. the Matryoshka reranker)")
+    settings = read_settings(name_or_path, "dense-encoder", model="dense-encoder", what="encoder") or {}
+    if settings and not isinstance(settings.get("encoder"), dict):
+        raise ConfigError(f"{Path(name_or_path) / SETTINGS_FILE}: malformed encoder settings ('encoder' must be an "
+                          "object; fix: restore or delete the file)")
     return settings
 
 

@@ -57,6 +57,7 @@ from nestrank.errors import ConfigError
 from nestrank.models.batching import map_batches
 from nestrank.models.matryoshka_config import MatryoshkaConfig, parse_config
 from nestrank.models.reranker import Reranker
+from nestrank.models.settings import SETTINGS_FILE, read_settings
 from nestrank.models.token_merge import RowLayout, merge_rows, plan_merges
 
 if TYPE_CHECKING:
@@ -69,7 +70,6 @@ __all__ = ["DEFAULT_PROMPT", "DEFAULT_TEMPLATE", "MatryoshkaReranker", "ConfigLi
 
 DEFAULT_TEMPLATE = "A: {query}\nB: {passage}\n"
 DEFAULT_PROMPT = "Predict whether passage B contains an answer to query A."
-SETTINGS_FILE = "nestrank.json"
 HEADS_FILE = "heads.safetensors"
 COMPENSATION_FILE = "compensation.safetensors"
 #: Subdirectory of a trained checkpoint holding the distillation LoRA (PEFT layout).
@@ -589,18 +589,10 @@ class MatryoshkaReranker(Reranker):
 
 def _checkpoint_settings(path: Path) -> dict | None:
     """The settings of a Matryoshka checkpoint directory, or ``None`` for anything else."""
-    import json
-
-    file = path / SETTINGS_FILE
-    if not file.is_file():
+    settings = read_settings(path, "matryoshka", model="Matryoshka")
+    if settings is None:
         return None
-    try:
-        settings = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{file}: cannot read the checkpoint settings ({exc})") from None
-    if not isinstance(settings, dict) or settings.get("kind") != "matryoshka":
-        raise ConfigError(f"{file}: not a Matryoshka checkpoint (kind {settings.get('kind')!r}) "
-                          "(fix: load it with the reranker class it was written by)")
+    file = path / SETTINGS_FILE
     unknown = set(settings.get("reranker", {})) - set(SAVED_SETTINGS)
     if not isinstance(settings.get("compensation", {}), dict):
         raise ConfigError(f"{file}: 'compensation' must be an object of V-/H-LoRA settings")

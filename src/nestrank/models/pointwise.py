@@ -31,12 +31,12 @@ from nestrank.data.corpus import Document
 from nestrank.errors import ConfigError
 from nestrank.models.batching import map_batches
 from nestrank.models.reranker import Reranker
+from nestrank.models.settings import SETTINGS_FILE, read_settings
 
 if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-SETTINGS_FILE = "nestrank.json"
 QUERY_TEMPLATE = "query: {query}"
 DOCUMENT_TEMPLATE = "document: {title} {text}"
 
@@ -220,16 +220,7 @@ class PointwiseReranker(Reranker):
 
 def _saved_settings(path: Path) -> dict[str, Any]:
     """Constructor defaults from a checkpoint's ``nestrank.json`` (written by the pointwise trainer), if any."""
-    file = path / SETTINGS_FILE
-    if not file.is_file():
-        return {}
-    try:
-        saved = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{file}: cannot read the reranker settings ({exc})") from None
-    if not isinstance(saved, dict) or saved.get("kind") != "pointwise":
-        raise ConfigError(f"{file} is not a pointwise reranker's settings file (kind {saved.get('kind')!r})"
-                          if isinstance(saved, dict) else f"{file}: expected a JSON object")
+    saved = read_settings(path, "pointwise", model="pointwise reranker", what="reranker") or {}
     return {key: saved[key] for key in ("max_length", "query_template", "document_template") if key in saved}
 
 

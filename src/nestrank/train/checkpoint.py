@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from nestrank.errors import ConfigError
 from nestrank.files import atomic_dir
+from nestrank.models.settings import SETTINGS_FILE
 from nestrank.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ if TYPE_CHECKING:
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.pt"
 SCHEDULER_FILE = "scheduler.json"
-SETTINGS_FILE = "nestrank.json"
 #: Settings that must not change between a checkpoint and the run resuming from it.
 RESUME_KEYS = {"model": None, "lora": None, "data": None,
                "train": ("batch_size", "grad_accum_steps", "gradcache_chunk_size", "seed", "temperature")}
