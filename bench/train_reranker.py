@@ -28,9 +28,17 @@ checkpoints there, so give every hyperparameter setting its own ``--out``):
    (``comp``), and at full width for every model (free from the full-width pass); written to
    ``sweep-<split>.csv`` and plotted to ``sweep-<split>.png``.
 
+6. ``fused``: each model's full and light reranking interpolated with BM25 over the top
+   ``--depth`` (``nestrank.retrieve.fusion.linear_fusion``, min-max per query; weight ``w`` on the
+   reranker, ``1 - w`` on BM25). ``w`` is chosen per model and configuration on the validation
+   queries (``--validation-only`` tries ``--fuse-weights`` and writes the best to
+   ``<out>/fuse-weights.json``); a test run reports ``*_full_fused`` / ``*_light_fused`` at those
+   weights when that file exists. The raw ``*_full`` / ``*_light`` figures are the models alone.
+
 ``--validation-only`` (for hyperparameter sweeps) evaluates on the held-out validation queries
-(BM25 top ``--depth`` of those training queries) and prints no test figure; its keys start with
-``validation.``. ``--smoke`` trains ``--max-steps`` steps per stage (default 2) and evaluates 5
+(BM25 top ``--depth`` of those training queries; all of them, or a ``--validation-queries``
+subset drawn with ``random.Random(--seed)``) and prints no test figure; its keys start with
+``validation.``. ``--models`` limits the evaluated models (default all four). ``--smoke`` trains ``--max-steps`` steps per stage (default 2) and evaluates 5
 queries: its quality figures mean nothing, but its seconds per step give each stage's projected
 full-run minutes. ``--model tiny`` trains a 4-layer random Llama with a byte-level tokenizer
 (built under ``--out``) with teachers, students, light and sweep configurations scaled to 4
@@ -70,6 +78,9 @@ STAGES = {"plain": "contrastive", "distill": "distill", "comp": "compensate"}
 TIMING_FILE = "bench_stage.json"  # written next to a stage's final/ so a re-run still reports its minutes
 SWEEP_DEPTHS = "10,15,20,25,30"
 SWEEP_COMPRESS = "full,8:0.5,8:0.25,4:0.5"
+MODELS = ("zeroshot", *STAGES)
+FUSE_WEIGHTS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
+FUSE_FILE = "fuse-weights.json"  # {"plain_full": w, ...}: chosen on validation, read by a test run
 #: --model tiny: the recipe's teachers, students and sweep scaled from 30 layers to 4.
 TINY_OVERRIDES: dict[str, object] = {"reranker.teachers": [2, 4], "reranker.student_depths": [1, 2, 3, 4],
                                      "reranker.student_compress": ["", "1:0.5", "1:0.25", "2:0.5"]}
@@ -133,6 +144,14 @@ def relative_flops(reranker: MatryoshkaReranker, config: str, lengths: Counter[t
     cost = sum(n * reranker.flops(config, *shape) for shape, n in lengths.items())
     full = sum(n * reranker.flops(None, *shape) for shape, n in lengths.items())
     return cost / full
+
+
+def fused_ndcg(first: Run, reranked: Run, weight: float, depth: int, qrels: Qrels) -> float:
+    """nDCG@10 of ``reranked`` interpolated with ``first`` over the top ``depth``: ``w`` reranker + ``1 - w`` first stage."""
+    from nestrank.retrieve.fusion import linear_fusion
+
+    fused = linear_fusion([first.top(depth), reranked.top(depth)], weights=[1 - weight, weight])
+    return round(evaluate(fused, qrels, "ndcg@10")["nDCG@10"], 4)
 
 
 def width_label(width: str | None) -> str:
@@ -207,6 +226,12 @@ def main() -> None:
     parser.add_argument("--validation-only", action="store_true",
                         help="For hyperparameter sweeps: evaluate on the validation queries, print no test figure.")
     parser.add_argument("--queries", type=int, default=100, help="Size of the seeded test query subset.")
+    parser.add_argument("--validation-queries", type=int, default=None,
+                        help="With --validation-only: a seeded subset of this many held-out queries (default all).")
+    parser.add_argument("--models", default=",".join(MODELS),
+                        help=f"Comma-separated models to evaluate (of {', '.join(MODELS)}).")
+    parser.add_argument("--fuse-weights", default=FUSE_WEIGHTS,
+                        help="With --validation-only: reranker weights tried when interpolating with BM25.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the test query subset.")
     parser.add_argument("--depth", type=int, default=20, help="BM25 depth that is reranked.")
     parser.add_argument("--light", default=None, help=f"Light configuration (default {LIGHT}; tiny: {TINY_LIGHT}).")
@@ -227,10 +252,17 @@ def main() -> None:
     if args.model not in (None, "tiny"):
         parser.error("--model takes only 'tiny'; for another backbone use --set model.backbone=...")
     sweep_models = [m for m in args.sweep_models.split(",") if m]
-    unknown = set(sweep_models) - {"zeroshot", *STAGES}
-    if unknown:
-        parser.error(f"--sweep-models: unknown {', '.join(sorted(unknown))} "
-                     f"(choose from zeroshot, {', '.join(STAGES)})")
+    eval_models = [m for m in args.models.split(",") if m]
+    for flag, names in (("--sweep-models", sweep_models), ("--models", eval_models)):
+        unknown = set(names) - set(MODELS)
+        if unknown:
+            parser.error(f"{flag}: unknown {', '.join(sorted(unknown))} (choose from {', '.join(MODELS)})")
+    try:
+        fuse_weights = [float(w) for w in args.fuse_weights.split(",")]
+    except ValueError:
+        parser.error(f"--fuse-weights: comma-separated numbers expected, got {args.fuse_weights!r}")
+    if not all(0 < w < 1 for w in fuse_weights):
+        parser.error(f"--fuse-weights: each weight must lie strictly between 0 and 1, got {fuse_weights}")
     train_only = [m for m in (args.train_only or "").split(",") if m]
     if set(train_only) - set(STAGES):
         parser.error(f"--train-only: unknown {', '.join(sorted(set(train_only) - set(STAGES)))} "
@@ -298,7 +330,8 @@ def main() -> None:
 
     if args.validation_only:
         split, qrels_all, queries_all, run_all = "validation", train_qrels, train_queries, runs["train"]
-        ids = sorted(held)[:SMOKE_QUERIES] if args.smoke else sorted(held)
+        ids = sample_queries(list(held), SMOKE_QUERIES if args.smoke else args.validation_queries or len(held),
+                             args.seed)
         figures["validation_queries"] = f"{len(ids)} of the {len(held)} held-out training queries ({VALIDATION_FILE})"
     else:
         split, qrels_all, queries_all, run_all = "test", test_qrels, test_queries, runs["test"]
@@ -321,6 +354,9 @@ def main() -> None:
             max_query_tokens=d.data.query_max_length),
         **{stage: (lambda stage=stage: MatryoshkaReranker.from_pretrained(out / stage / "final", dtype=dtype))
            for stage in STAGES}}  # a checkpoint records the recipe's passage and query lengths
+    fuse_file = out / FUSE_FILE
+    chosen = {} if args.validation_only or not fuse_file.is_file() else json.loads(fuse_file.read_text("utf-8"))
+    best_weights: dict[str, float] = {}
 
     rerank_seconds = [0.0]  # reranking alone (no model loading), which scales with the queries
     light_config = parse_config(light)
@@ -328,7 +364,8 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     lengths: Counter[tuple[int, int, int]] | None = None
     eval_seconds = 0.0
-    for name, load in loaders.items():
+    for name in eval_models:
+        load = loaders[name]
         clock = time.perf_counter()
         reranker = load()
         if lengths is None:
@@ -341,6 +378,8 @@ def main() -> None:
         passes.setdefault(light_width, (light, []))[1].append(light_depth)
         passes[((), None)][1].append(reranker.num_layers)
         scores: dict[tuple[object, int], float] = {}
+        wanted = {(((), None), reranker.num_layers): "full", (light_width, light_depth): "light"}
+        kept: dict[str, Run] = {}  # the full and light runs, for the interpolation with BM25
         for key, (width, exits) in passes.items():
             rerank_clock = time.perf_counter()
             runs = rerank_run_exits(first, queries, ds.corpus, reranker, exits, k=args.depth, config=width,
@@ -348,10 +387,22 @@ def main() -> None:
             rerank_seconds[0] += time.perf_counter() - rerank_clock
             for layer, run in runs.items():
                 scores[(key, layer)] = round(evaluate(run, qrels, "ndcg@10")["nDCG@10"], 4)
+                if (key, layer) in wanted:
+                    kept[wanted[(key, layer)]] = run
         figures[f"{prefix}{name}_full"] = scores[(((), None), reranker.num_layers)]
         figures[f"{prefix}{name}_light"] = scores[(light_width, light_depth)]
         print(f"{split} {name}: full {figures[f'{prefix}{name}_full']:.4f}, light "
               f"{figures[f'{prefix}{name}_light']:.4f}", file=sys.stderr, flush=True)
+        for variant, run in kept.items():
+            key = f"{name}_{variant}"
+            if args.validation_only:  # the reranker weight that interpolates best with BM25 on validation
+                tried = {w: fused_ndcg(first, run, w, args.depth, qrels) for w in fuse_weights}
+                best_weights[key] = max(tried, key=lambda w: (tried[w], -w))
+                figures[f"{prefix}{key}_fused"] = tried[best_weights[key]]
+                figures[f"{prefix}{key}_fused_weight"] = best_weights[key]
+            elif key in chosen:
+                figures[f"{key}_fused"] = fused_ndcg(first, run, chosen[key], args.depth, qrels)
+                figures[f"{key}_fused_weight"] = chosen[key]
         for key, (width, _) in passes.items() if sweep_models else ():
             label = width_label(width)
             if key == light_width and label not in widths:
@@ -365,6 +416,9 @@ def main() -> None:
         eval_seconds += time.perf_counter() - clock
         del reranker
     figures["eval_minutes"] = round(eval_seconds / 60, 2)
+    if best_weights:  # merged, so validation runs over different --models add up
+        known = json.loads(fuse_file.read_text("utf-8")) if fuse_file.is_file() else {}
+        fuse_file.write_text(json.dumps({**known, **best_weights}, indent=1) + "\n", encoding="utf-8")
     if rows:
         csv_path, png_path = out / f"sweep-{split}.csv", out / f"sweep-{split}.png"
         title = f"{figures['model']} on SciFact {split} ({len(ids)} queries, BM25 top {args.depth})"

@@ -47,7 +47,16 @@ def test_bench_trains_every_stage_and_reports_test_then_validation_figures(tmp_p
     assert figures["comp_light"] == comp[(2, "1:0.5")]["ndcg@10"]
     assert Path(figures["sweep_png"]).stat().st_size > 0 and Path(figures["sweep_csv"]).is_file()
 
-    validation = run_bench("--out", str(tmp_path), "--validation-only", "--sweep-models", "")
+    validation = run_bench("--out", str(tmp_path), "--validation-only", "--sweep-models", "", "--fuse-weights", "0.2,0.7")
     assert not any(key in validation for key in expected) and "sweep" not in validation
     assert all(0.0 <= validation[f"validation.{key}"] <= 1.0 for key in expected)
     assert validation["comp_minutes"] == figures["comp_minutes"]  # the stages were reused, with their timings
+    # interpolation with BM25: the weight is chosen on validation, then applied to test
+    variants = [f"{m}_{v}" for m in MODELS for v in ("full", "light")]
+    weights = json.loads((tmp_path / "fuse-weights.json").read_text())
+    assert set(weights) == set(variants) and all(w in (0.2, 0.7) for w in weights.values())
+    assert all(validation[f"validation.{key}_fused_weight"] == weights[key] for key in variants)
+    fused = run_bench("--out", str(tmp_path), "--models", "plain,comp", "--sweep-models", "")
+    assert all(fused[f"{m}_{v}_fused_weight"] == weights[f"{m}_{v}"] for m in ("plain", "comp") for v in ("full", "light"))
+    assert all(0.0 <= fused[f"{m}_{v}_fused"] <= 1.0 for m in ("plain", "comp") for v in ("full", "light"))
+    assert "zeroshot_full" not in fused and fused["comp_full"] == figures["comp_full"]
