@@ -36,9 +36,10 @@ checkpoints there, so give every hyperparameter setting its own ``--out``):
    weights when that file exists. The raw ``*_full`` / ``*_light`` figures are the models alone.
 
 ``--validation-only`` (for hyperparameter sweeps) evaluates on the held-out validation queries
-(BM25 top ``--depth`` of those training queries; all of them, or a ``--validation-queries``
-subset drawn with ``random.Random(--seed)``) and prints no test figure; its keys start with
-``validation.``. ``--models`` limits the evaluated models (default all four). ``--smoke`` trains ``--max-steps`` steps per stage (default 2) and evaluates 5
+(BM25 top ``--depth`` of those training queries; all of them, or the first
+``--validation-queries`` by id, as ``bench/reranker_lr_probe.py`` scores) and prints no test
+figure; its keys start with ``validation.``. ``--models`` limits the evaluated models (default
+all four). ``--smoke`` trains ``--max-steps`` steps per stage (default 2) and evaluates 5
 queries: its quality figures mean nothing, but its seconds per step give each stage's projected
 full-run minutes. ``--model tiny`` trains a 4-layer random Llama with a byte-level tokenizer
 (built under ``--out``) with teachers, students, light and sweep configurations scaled to 4
@@ -227,7 +228,7 @@ def main() -> None:
                         help="For hyperparameter sweeps: evaluate on the validation queries, print no test figure.")
     parser.add_argument("--queries", type=int, default=100, help="Size of the seeded test query subset.")
     parser.add_argument("--validation-queries", type=int, default=None,
-                        help="With --validation-only: a seeded subset of this many held-out queries (default all).")
+                        help="With --validation-only: the first N held-out queries by id (default all).")
     parser.add_argument("--models", default=",".join(MODELS),
                         help=f"Comma-separated models to evaluate (of {', '.join(MODELS)}).")
     parser.add_argument("--fuse-weights", default=FUSE_WEIGHTS,
@@ -330,8 +331,7 @@ def main() -> None:
 
     if args.validation_only:
         split, qrels_all, queries_all, run_all = "validation", train_qrels, train_queries, runs["train"]
-        ids = sample_queries(list(held), SMOKE_QUERIES if args.smoke else args.validation_queries or len(held),
-                             args.seed)
+        ids = sorted(held)[:SMOKE_QUERIES if args.smoke else args.validation_queries or len(held)]
         figures["validation_queries"] = f"{len(ids)} of the {len(held)} held-out training queries ({VALIDATION_FILE})"
     else:
         split, qrels_all, queries_all, run_all = "test", test_qrels, test_queries, runs["test"]
