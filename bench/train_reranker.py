@@ -39,9 +39,9 @@ checkpoints there, so give every hyperparameter setting its own ``--out``):
 (BM25 top ``--depth`` of those training queries; all of them, or the first
 ``--validation-queries`` by id, as ``bench/reranker_lr_probe.py`` scores) and prints no test
 figure; its keys start with ``validation.``. ``--models`` limits the evaluated models (default
-all four). ``--smoke`` trains ``--max-steps`` steps per stage (default 2) and evaluates 5
-queries: its quality figures mean nothing, but its seconds per step give each stage's projected
-full-run minutes. ``--model tiny`` trains a 4-layer random Llama with a byte-level tokenizer
+all four); only the stages it names (and ``distill``) are trained. ``--smoke`` trains
+``--max-steps`` steps per stage (default 2) and evaluates 5 queries: its quality figures mean
+nothing, but its seconds per step give each stage's projected full-run minutes. ``--model tiny`` trains a 4-layer random Llama with a byte-level tokenizer
 (built under ``--out``) with teachers, students, light and sweep configurations scaled to 4
 layers: a quick end-to-end check of the bench. Progress goes to stderr; the last stdout line is
 one JSON object with every figure.
@@ -310,8 +310,10 @@ def main() -> None:
         print(stats.summary(), file=sys.stderr, flush=True)
 
     configs = {stage: stage_config(args.recipe, overrides, out, stage) for stage in STAGES}
+    # distill always: comp starts from it, and its trainer records the validation split
+    to_train = train_only or [stage for stage in STAGES if stage in eval_models or stage == "distill"]
     for stage, config in configs.items():
-        if train_only and stage not in train_only:
+        if stage not in to_train:
             continue
         print(f"stage {stage} ({config.reranker.stage}) -> {config.train.output_dir}", file=sys.stderr, flush=True)
         record = train_stage(config)
