@@ -6,6 +6,10 @@
 it; ``search_seconds`` covers loading the saved index (memory-mapped) and searching every
 query of the split for the top 100. ``help_seconds`` is the median wall time of three
 ``nestrank --help`` subprocesses. The last line printed is a JSON object with every figure.
+
+``--max-words N`` also indexes only the first ``N`` words of every document (title first) and
+reports that index's figures as ``bm25_first_N_words.*``: what BM25 scores on the part of a
+document a reranker with a short passage budget reads.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from nestrank.data import Corpus, Dataset
+from nestrank.data import Corpus, Dataset, Document
 from nestrank.evaluate import evaluate
 from nestrank.retrieve import BM25Index, open_index
 
@@ -43,6 +47,8 @@ def main() -> None:
     parser.add_argument("--split", default="test")
     parser.add_argument("--k", type=int, default=100)
     parser.add_argument("--work", help="directory for the index and run (default: a temporary one)")
+    parser.add_argument("--max-words", type=int, default=None,
+                        help="also score BM25 over the first N words of each document (title first)")
     args = parser.parse_args()
 
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="nestrank-first-stage-"))
@@ -63,6 +69,14 @@ def main() -> None:
 
     scores = evaluate(run, qrels, ["nDCG@10", "R@100", "RR@10", "AP"])
     summary = {f"bm25.{name}": round(value, 4) for name, value in scores.items()}
+    if args.max_words is not None:
+        if args.max_words < 1:
+            parser.error(f"--max-words must be at least 1, got {args.max_words}")
+        cut = BM25Index.build(Document(doc.id, " ".join(doc.full_text.split()[:args.max_words]))
+                              for doc in Corpus.open(dataset.corpus_path))
+        cut_scores = evaluate(cut.search(queries, k=args.k), qrels, ["nDCG@10", "R@100", "RR@10", "AP"])
+        summary.update({f"bm25_first_{args.max_words}_words.{name}": round(value, 4)
+                        for name, value in cut_scores.items()})
     summary.update({
         "index_seconds": round(index_seconds, 3),
         "search_seconds": round(search_seconds, 3),
