@@ -314,6 +314,8 @@ def test_two_process_torchrun_matches_one_process(setup, tmp_path):
     for name in ("lora/adapter_model.safetensors", "heads.safetensors"):
         one, two = load_file(single.checkpoint / name), load_file(tmp_path / "two" / "final" / name)
         for key in one:
-            torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=0)
+            # gloo's all-reduce sums in another order than one process; Adam turns that rounding into
+            # ~1e-5 differences in a few elements (seen: 1.2e-5 in 1 of 256), far below a real DDP error
+            torch.testing.assert_close(two[key], one[key], atol=5e-5, rtol=0)
     assert [r["loss"] for r in log(tmp_path / "two")] == pytest.approx([r["loss"] for r in log(tmp_path / "one")],
                                                                       rel=1e-5)
