@@ -41,7 +41,8 @@ checkpoints there, so give every hyperparameter setting its own ``--out``):
 figure; its keys start with ``validation.``. ``--models`` limits the evaluated models (default
 all four); only the stages it names (and ``distill``) are trained. ``--smoke`` trains
 ``--max-steps`` steps per stage (default 2) and evaluates 5 queries: its quality figures mean
-nothing, but its seconds per step give each stage's projected full-run minutes. ``--model tiny`` trains a 4-layer random Llama with a byte-level tokenizer
+nothing, but its seconds per step give each stage's projected full-run minutes. ``--model tiny``
+trains a 4-layer random Llama with a byte-level tokenizer
 (built under ``--out``) with teachers, students, light and sweep configurations scaled to 4
 layers: a quick end-to-end check of the bench. Progress goes to stderr; the last stdout line is
 one JSON object with every figure.
