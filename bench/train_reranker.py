@@ -19,7 +19,9 @@ checkpoints there, so give every hyperparameter setting its own ``--out``):
    checkpoint, each with the full model (``*_full``) and the light configuration (``*_light``,
    ``--light``). Test figures use a fixed subset of the test queries: ``random.Random(--seed)``
    draws ``--queries`` (100) of them. Passages are truncated to the recipe's
-   ``data.passage_max_length``. Reranking runs one pass per width and reads every exit of that
+   ``data.passage_max_length`` (what each checkpoint records), or to ``--passage-tokens`` when
+   given: a model trained on short passages can read longer ones at scoring time, and the
+   length is a hyperparameter to choose on validation like any other. Reranking runs one pass per width and reads every exit of that
    width from it (``nestrank.rerank.rerank_run_exits``): the full-width pass gives ``*_full`` and
    every sweep depth at full width; the light configuration joins the pass of its width.
 5. ``sweep``: the quality-vs-FLOPs table (the paper's Figure 4): nDCG@10 and relative FLOPs (the
@@ -82,7 +84,7 @@ SWEEP_DEPTHS = "10,15,20,25,30"
 SWEEP_COMPRESS = "full,8:0.5,8:0.25,4:0.5"
 MODELS = ("zeroshot", *STAGES)
 FUSE_WEIGHTS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"
-FUSE_FILE = "fuse-weights.json"  # {"plain_full": w, ...}: chosen on validation, read by a test run
+FUSE_FILE = "fuse-weights{tag}.json"  # {"plain_full": w, ...}: chosen on validation, read by a test run
 #: --model tiny: the recipe's teachers, students and sweep scaled from 30 layers to 4.
 TINY_OVERRIDES: dict[str, object] = {"reranker.teachers": [2, 4], "reranker.student_depths": [1, 2, 3, 4],
                                      "reranker.student_compress": ["", "1:0.5", "1:0.25", "2:0.5"]}
@@ -236,6 +238,9 @@ def main() -> None:
                         help="With --validation-only: reranker weights tried when interpolating with BM25.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the test query subset.")
     parser.add_argument("--depth", type=int, default=20, help="BM25 depth that is reranked.")
+    parser.add_argument("--passage-tokens", type=int, default=None,
+                        help="Score with passages truncated to this many tokens (default: the length each "
+                             "checkpoint was trained with); files that depend on it get a -p<N> suffix.")
     parser.add_argument("--light", default=None, help=f"Light configuration (default {LIGHT}; tiny: {TINY_LIGHT}).")
     parser.add_argument("--sweep-models", default="comp",
                         help="Comma-separated models swept over every width (of zeroshot, plain, distill, comp; "
@@ -265,6 +270,8 @@ def main() -> None:
         parser.error(f"--fuse-weights: comma-separated numbers expected, got {args.fuse_weights!r}")
     if not all(0 < w < 1 for w in fuse_weights):
         parser.error(f"--fuse-weights: each weight must lie strictly between 0 and 1, got {fuse_weights}")
+    if args.passage_tokens is not None and args.passage_tokens < 1:
+        parser.error(f"--passage-tokens: a positive number of tokens expected, got {args.passage_tokens}")
     train_only = [m for m in (args.train_only or "").split(",") if m]
     if set(train_only) - set(STAGES):
         parser.error(f"--train-only: unknown {', '.join(sorted(set(train_only) - set(STAGES)))} "
@@ -350,14 +357,17 @@ def main() -> None:
     figures[f"{prefix}bm25"] = bm25 = round(evaluate(first, qrels, "ndcg@10")["nDCG@10"], 4)
 
     d = configs["distill"]
+    longer = {} if args.passage_tokens is None else {"max_passage_tokens": args.passage_tokens}
+    tag = "" if args.passage_tokens is None else f"-p{args.passage_tokens}"
     dtype = "bfloat16" if d.model.dtype == "bfloat16" else "float32"
     loaders: dict[str, Callable[[], MatryoshkaReranker]] = {
         "zeroshot": lambda: MatryoshkaReranker.from_pretrained(
-            d.model.backbone, dtype=dtype, max_passage_tokens=d.data.passage_max_length,
+            d.model.backbone, dtype=dtype, max_passage_tokens=args.passage_tokens or d.data.passage_max_length,
             max_query_tokens=d.data.query_max_length),
-        **{stage: (lambda stage=stage: MatryoshkaReranker.from_pretrained(out / stage / "final", dtype=dtype))
-           for stage in STAGES}}  # a checkpoint records the recipe's passage and query lengths
-    fuse_file = out / FUSE_FILE
+        **{stage: (lambda stage=stage: MatryoshkaReranker.from_pretrained(
+            out / stage / "final", dtype=dtype, **longer))
+           for stage in STAGES}}  # a checkpoint records the passage and query lengths it was trained with
+    fuse_file = out / FUSE_FILE.format(tag=tag)
     chosen = {} if args.validation_only or not fuse_file.is_file() else json.loads(fuse_file.read_text("utf-8"))
     best_weights: dict[str, float] = {}
 
@@ -371,6 +381,7 @@ def main() -> None:
         load = loaders[name]
         clock = time.perf_counter()
         reranker = load()
+        figures[f"{prefix}{name}_passage_tokens"] = reranker.max_passage_tokens
         if lengths is None:
             lengths = pair_lengths(reranker, first, queries, ds.corpus, args.depth)
         # One pass per width scores every exit of that width (rerank_run_exits): the full-width pass
@@ -423,8 +434,9 @@ def main() -> None:
         known = json.loads(fuse_file.read_text("utf-8")) if fuse_file.is_file() else {}
         fuse_file.write_text(json.dumps({**known, **best_weights}, indent=1) + "\n", encoding="utf-8")
     if rows:
-        csv_path, png_path = out / f"sweep-{split}.csv", out / f"sweep-{split}.png"
-        title = f"{figures['model']} on SciFact {split} ({len(ids)} queries, BM25 top {args.depth})"
+        csv_path, png_path = out / f"sweep-{split}{tag}.csv", out / f"sweep-{split}{tag}.png"
+        cut = "" if args.passage_tokens is None else f", passages cut to {args.passage_tokens} tokens"
+        title = f"{figures['model']} on SciFact {split} ({len(ids)} queries, BM25 top {args.depth}{cut})"
         write_sweep(rows, bm25, csv_path, png_path, title)
         figures.update({f"{prefix}sweep": rows, "sweep_csv": str(csv_path), "sweep_png": str(png_path),
 })

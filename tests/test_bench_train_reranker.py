@@ -63,3 +63,11 @@ def test_bench_trains_every_stage_and_reports_test_then_validation_figures(tmp_p
     assert all(fused[f"{m}_{v}_fused_weight"] == weights[f"{m}_{v}"] for m in ("plain", "comp") for v in ("full", "light"))
     assert all(0.0 <= fused[f"{m}_{v}_fused"] <= 1.0 for m in ("plain", "comp") for v in ("full", "light"))
     assert "zeroshot_full" not in fused and fused["comp_full"] == figures["comp_full"]
+    # scoring at another passage length: its own weights file; the default one is left as it was
+    short = run_bench("--out", str(tmp_path), "--validation-only", "--models", "plain", "--sweep-models", "",
+                      "--fuse-weights", "0.2,0.7", "--passage-tokens", "8")
+    assert short["validation.plain_passage_tokens"] == 8 and validation["validation.plain_passage_tokens"] == 128
+    assert set(json.loads((tmp_path / "fuse-weights-p8.json").read_text())) == {"plain_full", "plain_light"}
+    assert json.loads((tmp_path / "fuse-weights.json").read_text()) == weights
+    # 8 bytes of each passage instead of 128: the same seeded model ranks differently
+    assert short["validation.plain_full"] != validation["validation.plain_full"]
