@@ -14,6 +14,11 @@ checkpoints there, so give every hyperparameter setting its own ``--out``):
    ``compensate``, ``reranker.init = <out>/distill/final``): the recipe
    (``recipes/scifact-smollm2-matryoshka.toml``), each in ``<out>/<stage>/``. 10% of the training
    queries (seeded) are held out of training as the validation split for choosing hyperparameters.
+   ``--init OUT`` continues an earlier bench: ``plain`` and ``distill`` start from ``OUT``'s
+   ``plain/final`` and ``distill/final`` (LoRA and heads), e.g. with ``--set
+   data.passage_max_length=256`` to go on at longer passages; ``comp`` starts from this run's
+   ``distill``. The held-out split is the same (it depends on the groups and
+   ``data.validation_seed`` only).
 4. ``evaluate``: BM25's top ``--depth`` (20) reranked by the zero-shot model
    (``MatryoshkaReranker.from_pretrained(model.backbone)``, untrained heads) and by every stage's
    checkpoint, each with the full model (``*_full``) and the light configuration (``*_light``,
@@ -92,11 +97,14 @@ TINY_SWEEP_DEPTHS = "1,2,3,4"
 TINY_SWEEP_COMPRESS = "full,1:0.5,1:0.25,2:0.5"
 
 
-def stage_config(recipe: str, overrides: dict[str, object], out: Path, stage: str) -> TrainConfig:
-    """The recipe for one bench stage, trained in ``out/<stage>``."""
+def stage_config(recipe: str, overrides: dict[str, object], out: Path, stage: str, init: Path | None = None
+                 ) -> TrainConfig:
+    """The recipe for one bench stage, trained in ``out/<stage>``; ``init``: continue an earlier bench's stage."""
     extra: dict[str, object] = {"train.output_dir": str(out / stage), "reranker.stage": STAGES[stage]}
     if stage == "comp":
         extra["reranker.init"] = str(out / "distill" / "final")
+    elif init is not None:
+        extra["reranker.init"] = str(init / stage / "final")
     return load_config(recipe, {**overrides, **extra})
 
 
@@ -223,6 +231,9 @@ def main() -> None:
     parser.add_argument("--model", default=None,
                         help="'tiny': a 4-layer random Llama (default: the recipe's backbone).")
     parser.add_argument("--out", default=None, help="Work directory (default: the recipe's train.output_dir + -bench).")
+    parser.add_argument("--init", default=None, metavar="OUT",
+                        help="Continue another bench's --out: plain and distill start from its plain/final and "
+                             "distill/final (e.g. at a longer data.passage_max_length); comp from this run's distill.")
     parser.add_argument("--smoke", action="store_true", help="A few steps per stage and 5 queries (see the doc).")
     parser.add_argument("--max-steps", type=int, default=None, help="Cap the training steps (smoke default 2).")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -270,6 +281,12 @@ def main() -> None:
         parser.error(f"--fuse-weights: comma-separated numbers expected, got {args.fuse_weights!r}")
     if not all(0 < w < 1 for w in fuse_weights):
         parser.error(f"--fuse-weights: each weight must lie strictly between 0 and 1, got {fuse_weights}")
+    init = None if args.init is None else Path(args.init)
+    if init is not None:
+        missing = [stage for stage in ("plain", "distill") if not (init / stage / "final" / "trainer_state.json").is_file()]
+        if missing:
+            parser.error(f"--init {init}: no trained {' or '.join(missing)} (fix: point to a bench --out whose "
+                         "plain/final and distill/final exist)")
     if args.passage_tokens is not None and args.passage_tokens < 1:
         parser.error(f"--passage-tokens: a positive number of tokens expected, got {args.passage_tokens}")
     train_only = [m for m in (args.train_only or "").split(",") if m]
@@ -304,7 +321,7 @@ def main() -> None:
     light = args.light or (TINY_LIGHT if tiny else LIGHT)
     figures: dict[str, object] = {"benchmark": "train_reranker", "recipe": args.recipe, "overrides": args.set,
                                   "model": "tiny" if tiny else base.model.backbone, "smoke": args.smoke,
-                                  "depth": args.depth, "light": light}
+                                  "depth": args.depth, "light": light, "init": args.init}
 
     ds = Dataset.open(args.dataset)
     train_qrels, test_qrels = ds.qrels("train"), ds.qrels("test")
@@ -317,7 +334,7 @@ def main() -> None:
                              negatives=15, seed=0)
         print(stats.summary(), file=sys.stderr, flush=True)
 
-    configs = {stage: stage_config(args.recipe, overrides, out, stage) for stage in STAGES}
+    configs = {stage: stage_config(args.recipe, overrides, out, stage, init) for stage in STAGES}
     # distill always: comp starts from it, and its trainer records the validation split
     to_train = train_only or [stage for stage in STAGES if stage in eval_models or stage == "distill"]
     for stage, config in configs.items():

@@ -71,3 +71,16 @@ def test_bench_trains_every_stage_and_reports_test_then_validation_figures(tmp_p
     assert json.loads((tmp_path / "fuse-weights.json").read_text()) == weights
     # 8 bytes of each passage instead of 128: the same seeded model ranks differently
     assert short["validation.plain_full"] != validation["validation.plain_full"]
+
+    # --init: a continuation starts from the earlier run's weights (step 1's loss, before any update,
+    # differs from the fresh run's on the same seeded batch) and holds out the same validation queries
+    go_on = tmp_path / "go-on"
+    run_bench("--out", str(go_on), "--init", str(tmp_path), "--train-only", "plain")
+    first_loss = [json.loads((d / "plain" / "train_log.jsonl").read_text().splitlines()[0])["loss"]
+                  for d in (tmp_path, go_on)]
+    assert first_loss[0] != first_loss[1]
+    assert (go_on / "plain" / "validation_queries.txt").read_text() == (tmp_path / "plain" / "validation_queries.txt").read_text()
+    failed = subprocess.run([sys.executable, str(ROOT / "bench" / "train_reranker.py"), "--dataset", str(SCIFACT),
+                             "--model", "tiny", "--smoke", "--out", str(tmp_path / "x"), "--init", str(go_on)],
+                            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT / "src")}, capture_output=True, text=True)
+    assert failed.returncode == 2 and "no trained distill" in failed.stderr
