@@ -25,9 +25,9 @@ checkpoints there, so give every hyperparameter setting its own ``--out``):
    ``--light``). Test figures use a fixed subset of the test queries: ``random.Random(--seed)``
    draws ``--queries`` (100) of them. Passages are truncated to the recipe's
    ``data.passage_max_length`` (what each checkpoint records), or to ``--passage-tokens`` when
-   given: a model trained on short passages can read longer ones at scoring time, and the
-   length is a hyperparameter to choose on validation like any other. Reranking runs one pass per width and reads every exit of that
-   width from it (``nestrank.rerank.rerank_run_exits``): the full-width pass gives ``*_full`` and
+   given (a scoring-time setting to choose on validation; the 128-token SciFact models did not
+   score better at 256, docs/training.md section 9). Reranking runs one pass per width and
+   reads every exit of that width from it (``nestrank.rerank.rerank_run_exits``): the full-width pass gives ``*_full`` and
    every sweep depth at full width; the light configuration joins the pass of its width.
 5. ``sweep``: the quality-vs-FLOPs table (the paper's Figure 4): nDCG@10 and relative FLOPs (the
    pairs' summed ``MatryoshkaReranker.flops`` under the configuration over that of the full model)
