@@ -27,8 +27,8 @@ checkpoints there, so give every hyperparameter setting its own ``--out``):
    ``data.passage_max_length`` (what each checkpoint records), or to ``--passage-tokens`` when
    given (a scoring-time setting to choose on validation; the 128-token SciFact models did not
    score better at 256, docs/training.md section 9). Reranking runs one pass per width and
-   reads every exit of that width from it (``nestrank.rerank.rerank_run_exits``): the full-width pass gives ``*_full`` and
-   every sweep depth at full width; the light configuration joins the pass of its width.
+   reads every exit of that width from it (``nestrank.rerank.rerank_run_exits``): the
+   full-width pass gives ``*_full`` and every sweep depth at full width; the light configuration joins the pass of its width.
 5. ``sweep``: the quality-vs-FLOPs table (the paper's Figure 4): nDCG@10 and relative FLOPs (the
    pairs' summed ``MatryoshkaReranker.flops`` under the configuration over that of the full model)
    at ``--sweep-depths`` for every width of ``--sweep-compress`` for the ``--sweep-models``
@@ -108,12 +108,17 @@ def stage_config(recipe: str, overrides: dict[str, object], out: Path, stage: st
     return load_config(recipe, {**overrides, **extra})
 
 
+def is_trained(stage_dir: Path) -> bool:
+    """Whether a stage directory holds a finished checkpoint (its ``final/``)."""
+    return (stage_dir / "final" / "trainer_state.json").is_file()
+
+
 def train_stage(config: TrainConfig) -> dict[str, float]:
     """Train one stage unless its ``final/`` exists; returns its timing record (stored in ``TIMING_FILE``)."""
     from nestrank.train.reranker import train_reranker
 
     out = Path(config.train.output_dir)
-    if (out / "final" / "trainer_state.json").is_file():  # trained before (by the bench: with its timing record)
+    if is_trained(out):  # trained before (by the bench: with its timing record)
         timing = out / TIMING_FILE
         return json.loads(timing.read_text(encoding="utf-8")) if timing.is_file() else {}
     start = time.perf_counter()
@@ -283,7 +288,7 @@ def main() -> None:
         parser.error(f"--fuse-weights: each weight must lie strictly between 0 and 1, got {fuse_weights}")
     init = None if args.init is None else Path(args.init)
     if init is not None:
-        missing = [stage for stage in ("plain", "distill") if not (init / stage / "final" / "trainer_state.json").is_file()]
+        missing = [stage for stage in ("plain", "distill") if not is_trained(init / stage)]
         if missing:
             parser.error(f"--init {init}: no trained {' or '.join(missing)} (fix: point to a bench --out whose "
                          "plain/final and distill/final exist)")
