@@ -8,6 +8,7 @@ from nestrank.models.dense import DenseEncoder, EncoderConfig
 from nestrank.models.matryoshka import MatryoshkaReranker
 from nestrank.models.matryoshka_config import MatryoshkaConfig, parse_config
 from nestrank.models.pointwise import PointwiseReranker
+from nestrank.models.profiles import Profile, read_profiles, write_profiles
 from nestrank.models.reranker import RankedDocument, Reranker
 
 __all__ = [
@@ -16,10 +17,13 @@ __all__ = [
     "MatryoshkaConfig",
     "MatryoshkaReranker",
     "PointwiseReranker",
+    "Profile",
     "RankedDocument",
     "Reranker",
     "load_backbone",
     "parse_config",
+    "read_profiles",
     "resolve_device",
     "resolve_dtype",
+    "write_profiles",
 ]

@@ -56,6 +56,7 @@ from nestrank.data.corpus import Document
 from nestrank.errors import ConfigError
 from nestrank.models.batching import map_batches
 from nestrank.models.matryoshka_config import MatryoshkaConfig, parse_config
+from nestrank.models.profiles import Profile, default_profiles, is_profile_name, read_profiles
 from nestrank.models.reranker import Reranker
 from nestrank.models.settings import SETTINGS_FILE, read_settings
 from nestrank.models.token_merge import RowLayout, merge_rows, plan_merges
@@ -171,6 +172,7 @@ class MatryoshkaReranker(Reranker):
         self.base_model: str | None = None  # what from_pretrained loaded; a checkpoint refers to it
         self.compensation: FactorizedCompensation | None = None
         self.num_layers = len(decoder.layers)
+        self.profiles: dict[str, Profile] = default_profiles(self.num_layers)
         self._prefix_ids = _leading_special_ids(tokenizer)
         yes_ids = tokenizer(yes_token, add_special_tokens=False)["input_ids"]
         if not yes_ids:
@@ -224,6 +226,7 @@ class MatryoshkaReranker(Reranker):
         reranker = cls(model, tokenizer, importance=importance, **kwargs)
         reranker.base_model = base
         if settings is not None:
+            reranker.profiles = read_profiles(name_or_path, reranker.num_layers)
             reranker._load_heads(Path(name_or_path) / HEADS_FILE)
             if "compensation" in settings:
                 reranker._load_compensation(Path(name_or_path) / COMPENSATION_FILE, settings["compensation"])
@@ -308,10 +311,10 @@ class MatryoshkaReranker(Reranker):
     ) -> np.ndarray:
         """One float32 score per document; with several exits in ``config``, shape ``(n_docs, n_exits)``.
 
-        ``config`` is a :class:`MatryoshkaConfig`, a string such as ``"depth=16,compress=8:0.5"``
-        or ``None`` (the full model).
+        ``config`` is a :class:`MatryoshkaConfig`, a string such as ``"depth=16,compress=8:0.5"``,
+        a profile name (``"light"``, see :attr:`profiles`) or ``None`` (the full model).
         """
-        parsed = parse_config(config)
+        parsed = self.resolve_config(config)
         exits = parsed.validate(self.num_layers)
         table = self._score_table(queries, documents, parsed, exits, batch_tokens, show_progress)
         return table[:, 0] if len(exits) == 1 else table
@@ -331,7 +334,7 @@ class MatryoshkaReranker(Reranker):
         ``exits`` replaces the exits of ``config``; its width steps still apply (each must
         come before the deepest exit). Layers after the deepest exit are never computed.
         """
-        base = parse_config(config)
+        base = self.resolve_config(config)
         parsed = MatryoshkaConfig(tuple(sorted(set(exits))), base.compress, base.passage_tokens)
         layers = parsed.validate(self.num_layers)
         table = self._score_table(queries, documents, parsed, layers, batch_tokens, show_progress)
@@ -339,9 +342,26 @@ class MatryoshkaReranker(Reranker):
 
     def encode(self, query: str, document: Document | str, config: ConfigLike = None) -> EncodedPair:
         """Token ids of one pair, with the passage span (truncation applied)."""
-        parsed = parse_config(config)
+        parsed = self.resolve_config(config)
         text = document.full_text if isinstance(document, Document) else document
         return self._encode(query, text, self._passage_limit(parsed))
+
+    def resolve_config(self, config: ConfigLike) -> MatryoshkaConfig:
+        """``config`` parsed: a profile name of :attr:`profiles` gives that profile's configuration.
+
+        Raises:
+            ConfigError: a name that is neither a profile nor a valid configuration string
+                (the message lists the profiles).
+        """
+        if isinstance(config, str) and config.strip() in self.profiles:
+            return self.profiles[config.strip()].parsed
+        try:
+            return parse_config(config)
+        except ConfigError as exc:
+            if is_profile_name(config):
+                raise ConfigError(f"unknown profile {config!r} (this model has {', '.join(sorted(self.profiles))}; "
+                                  "or give a configuration such as 'depth=15,compress=8:0.5')") from None
+            raise exc
 
     def batch_inputs(self, pairs: Sequence[EncodedPair]) -> tuple[torch.Tensor, list[RowLayout], list[int]]:
         """The :meth:`forward_batch` inputs of encoded pairs: left-padded ids on the model's device, layouts, passage lengths."""
@@ -367,7 +387,7 @@ class MatryoshkaReranker(Reranker):
         (the eager path reads it from matrices it computes anyway). Each exit adds ``2d``.
         The embedding lookup, norms, softmax and the LM head (never run) are not counted.
         """
-        parsed = parse_config(config)
+        parsed = self.resolve_config(config)
         exits = parsed.validate(self.num_layers)
         cfg = self.model.config
         d, m = cfg.hidden_size, cfg.intermediate_size
