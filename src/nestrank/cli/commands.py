@@ -6,7 +6,9 @@ from nestrank.cli import (
     encode,  # noqa: F401
     evaluate,  # noqa: F401
     mine,  # noqa: F401
+    pipeline,  # noqa: F401
     rerank,  # noqa: F401
     retrieval,  # noqa: F401
     train,  # noqa: F401
+    tune,  # noqa: F401
 )

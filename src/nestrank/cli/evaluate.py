@@ -55,8 +55,23 @@ def evaluate_command(
     if not as_json and len(set(names)) == len(names):  # the table shows short names when unambiguous
         loaded = dict(zip(names, loaded.values(), strict=True))
     comparison = compare_runs(loaded, judgements, metrics, rel=rel, test=test, alpha=alpha)  # type: ignore[arg-type]
+    costs = _costs(dict(zip(loaded, runs, strict=True)))
     if as_json:
-        typer.echo(json.dumps(comparison.means))
+        typer.echo(json.dumps({run: {**means, **costs.get(run, {})} for run, means in comparison.means.items()}))
         return
     title = f"{len(judgements)} judged queries" + (f" ({dataset}, {split})" if dataset else "")
-    Console().print(comparison.table(title=title))
+    Console().print(comparison.table(title=title, costs=costs))
+
+
+def _costs(paths: dict[str, Path]) -> dict[str, dict[str, float | None]]:
+    """Cost columns of the runs a pipeline wrote (``RUN.meta.json``): ms/query, pairs/s, FLOPs ratio."""
+    from nestrank.pipeline.pipeline import read_meta
+
+    costs = {}
+    for label, path in paths.items():
+        meta = read_meta(path)
+        if meta is not None:
+            summary = meta["summary"]
+            costs[label] = {"ms/query": summary.get("ms_per_query"), "pairs/s": summary.get("pairs_per_s"),
+                            "FLOPs ratio": summary.get("flops_ratio")}
+    return costs

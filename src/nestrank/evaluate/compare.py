@@ -70,10 +70,12 @@ class Comparison:
         p = self.pvalues.get(run, {}).get(metric)
         return p is not None and p < self.alpha
 
-    def table(self, title: str | None = None) -> Any:
+    def table(self, title: str | None = None, costs: Mapping[str, Mapping[str, Any]] | None = None) -> Any:
         """A :class:`rich.table.Table`: one row per run, one column per metric.
 
         With several runs, ``▲``/``▼`` mark values significantly above/below the baseline.
+        ``costs`` (run -> ``{"ms/query": ..., "pairs/s": ..., "FLOPs ratio": ...}``, e.g. from
+        a pipeline's ``RUN.meta.json``) adds one column per cost figure ("-" where unknown).
         """
         from rich.table import Table
 
@@ -85,6 +87,9 @@ class Comparison:
         table.add_column("run", overflow="fold")
         for metric in self.metrics:
             table.add_column(metric, justify="right")
+        cost_columns = list(dict.fromkeys(name for figures in (costs or {}).values() for name in figures))
+        for name in cost_columns:
+            table.add_column(name, justify="right", style="dim")
         for run in self.runs:
             cells = []
             for metric in self.metrics:
@@ -93,6 +98,8 @@ class Comparison:
                 if self.significant(run, metric):
                     mark = " ▲" if value > self.means[self.baseline][metric] else " ▼"
                 cells.append(f"{value:.4f}{mark}")
+            figures = (costs or {}).get(run, {})
+            cells += ["-" if figures.get(name) is None else f"{figures[name]:g}" for name in cost_columns]
             table.add_row(run, *cells)
         return table
 

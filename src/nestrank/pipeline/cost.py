@@ -1,0 +1,45 @@
+"""What reranking costs: analytic FLOPs of a run's pairs under a configuration, relative to the full model.
+
+The pairs' token lengths come from the reranker's own tokenisation (truncation included),
+so the ratio is exactly what the engine computes: the sum of
+:meth:`~nestrank.models.matryoshka.MatryoshkaReranker.flops` over the pairs under the
+configuration, over the same sum for the full model.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from typing import Any
+
+from nestrank.data.corpus import Document
+
+__all__ = ["PairShapes", "flops_ratio", "pair_shapes"]
+
+#: ``(query tokens, passage tokens, other tokens) -> number of pairs``.
+PairShapes = Counter[tuple[int, int, int]]
+
+
+def pair_shapes(reranker: Any, pairs: Iterable[tuple[str, Document | str]]) -> PairShapes:
+    """How many ``(query, document)`` pairs have each token shape under ``reranker``'s truncation."""
+    blank = reranker.encode("", "")
+    other = len(blank.ids) - blank.passage_len  # template, prompt and special tokens
+    shapes: PairShapes = Counter()
+    for query, document in pairs:
+        encoded = reranker.encode(query, document)
+        shapes[(len(encoded.ids) - encoded.passage_len - other, encoded.passage_len, other)] += 1
+    return shapes
+
+
+def flops_ratio(reranker: Any, config: Any, shapes: PairShapes) -> float | None:
+    """Summed FLOPs of ``shapes`` under ``config`` over the full model's; ``None`` if the reranker has no FLOPs model.
+
+    Only the Matryoshka reranker changes cost with its configuration; other rerankers
+    (pointwise) always run the full model and get ``None``.
+    """
+    if not hasattr(reranker, "flops") or not shapes:
+        return None
+    cost = sum(n * reranker.flops(config, *shape) for shape, n in shapes.items())
+    full = sum(n * reranker.flops(None, *shape) for shape, n in shapes.items())
+    return cost / full if full else None
+

@@ -1,0 +1,116 @@
+"""Tuning profiles: the Pareto frontier, the named choices, resumable scoring, profiles.json, CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from test_matryoshka import byte_tokenizer, tiny_llama
+from typer.testing import CliRunner
+
+import nestrank.pipeline.tune as tune_module
+from nestrank.cli import app
+from nestrank.cli import commands as _commands  # noqa: F401  (registers the commands)
+from nestrank.data import Dataset, Run
+from nestrank.errors import ConfigError
+from nestrank.models import MatryoshkaReranker, read_profiles
+from nestrank.pipeline.frontier import TunePoint, choose_profiles, pareto_frontier
+from nestrank.pipeline.tune import TuneGrid, default_grid, tune
+from nestrank.retrieve import BM25Index
+
+from conftest import write_beir  # isort: skip
+
+
+def point(cost: float, quality: float, config: str = "") -> TunePoint:
+    return TunePoint(config or f"c{cost}", 20, 0.5, quality, cost / 10, cost / 20, cost)
+
+
+def test_frontier_drops_dominated_points():
+    points = [point(10, 0.80), point(5, 0.79), point(6, 0.70), point(2, 0.60), point(5, 0.75), point(12, 0.80)]
+    assert [(p.cost, p.quality) for p in pareto_frontier(points)] == [(2, 0.60), (5, 0.79), (10, 0.80)]
+
+
+def test_choices_on_a_synthetic_grid_are_the_known_answer():
+    # quality rises with cost; full = 0.800 at cost 10; 1% below is 0.792, 3% below 0.776
+    points = [point(10, 0.800), point(8, 0.795), point(6, 0.791), point(4, 0.780), point(3, 0.775), point(1, 0.5),
+              point(7, 0.700)]
+    chosen = choose_profiles(points)
+    assert (chosen["full"].cost, chosen["balanced"].cost, chosen["light"].cost) == (8 + 2, 8, 4)
+    assert choose_profiles(points, {"balanced": 0.0})["balanced"].cost == 10
+    with pytest.raises(ConfigError, match="tolerance"):
+        choose_profiles(points, {"light": 1.5})
+
+
+def test_default_grid_scales_with_the_depth():
+    grid = default_grid(30)
+    assert grid.depths == [10, 15, 20, 25, 30]
+    assert grid.widths == ["", "8:0.5", "8:0.25", "4:0.5"]
+    assert [c for _, _, c in grid.configs(30)][:2] == ["depth=10", "depth=15"]
+    assert "depth=10,compress=8:0.5" in [c for _, _, c in grid.configs(30)]
+    assert default_grid(6).depths == [2, 3, 4, 5, 6]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, one_torch_thread):
+    root = tmp_path_factory.mktemp("tune-model")
+    tiny_llama().save_pretrained(root / "base")
+    byte_tokenizer().save_pretrained(root / "base")
+    reranker = MatryoshkaReranker.from_pretrained(str(root / "base"), dtype="float32", device="cpu",
+                                                  max_passage_tokens=40)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for head in reranker.heads.values():
+            head.weight.normal_()
+    return reranker.save_pretrained(root / "ckpt")
+
+
+def test_tune_writes_profiles_csv_and_plot_and_resumes_from_its_cache(tmp_path, model_dir, monkeypatch):
+    ds = Dataset.open(write_beir(tmp_path / "data"))
+    reranker = MatryoshkaReranker.from_pretrained(str(model_dir), dtype="float32", device="cpu")
+    candidates = BM25Index.build(ds.corpus).search(ds.queries, 5)
+    grid = TuneGrid([2, 4, 6], ["", "2:0.5"], [2, 5], [0.5, 1.0])
+    args = dict(out_dir=tmp_path / "out", work_dir=tmp_path / "work", model_id=str(model_dir), grid=grid,
+                timing_pairs=4)
+    result = tune(reranker, candidates, ds.queries, ds.qrels("test"), ds.corpus, **args)
+    assert sorted(result.chosen) == ["balanced", "full", "light"]
+    assert len(result.points) == 5 * 2 * 2  # depth=2,compress=2:0.5 is invalid: 5 configurations
+    profiles = read_profiles(tmp_path / "out", reranker.num_layers)
+    assert profiles["light"].config == result.chosen["light"].config
+    assert profiles["light"].ms_per_pair is not None and profiles["light"].quality
+    rows = list(csv.DictReader((tmp_path / "out" / "tune.csv").open()))
+    assert len(rows) == 20 and sum(int(r["frontier"]) for r in rows) >= 1
+    assert (tmp_path / "out" / "tune.png").stat().st_size > 1000
+    tuning = json.loads((tmp_path / "out" / "profiles.json").read_text())["tuning"]
+    assert tuning["queries"] == 2 and tuning["metric"] == "nDCG@10"
+
+    def no_scoring(*_, **__):
+        raise AssertionError("a resumed tuning must reuse its cached scores")
+
+    monkeypatch.setattr("nestrank.rerank.rerank_run_exits", no_scoring)
+    again = tune(reranker, candidates, ds.queries, ds.qrels("test"), ds.corpus, **args)
+    assert again.points == result.points
+    other = Run({q: [("d2", 2.0), ("d3", 1.0)] for q in candidates})  # a fresh cache: scoring runs (and fails)
+    with pytest.raises(AssertionError, match="cached scores"):
+        tune(reranker, other, ds.queries, ds.qrels("test"), ds.corpus, **args)
+
+
+def test_cli_tune_uses_the_model_validation_file_and_refuses_test(tmp_path, model_dir):
+    data = write_beir(tmp_path / "data")
+    (model_dir / tune_module.VALIDATION_FILE).write_text("q3\n")
+    runner = CliRunner()
+    out = tmp_path / "profiles"
+    common = ["tune", "--model", str(model_dir), "--dataset", str(data), "--depths", "3,6", "--widths", "full,2:0.5",
+              "--rerank-depths", "3", "--weights", "0.5,1", "--timing-pairs", "0"]
+    result = runner.invoke(app, [*common, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(summary["profiles"]) == {"full", "balanced", "light"}
+    assert "ids from" in result.output and "validation_queries.txt" in result.output
+    refused = runner.invoke(app, [*common, "--out", str(out), "--split", "test"])
+    assert refused.exit_code != 0 and "leak" in str(refused.exception)
+    (model_dir / tune_module.VALIDATION_FILE).write_text("q1\n")  # a test query
+    leaked = runner.invoke(app, [*common, "--out", str(out), "--split", "test"])
+    assert leaked.exit_code != 0
+    (model_dir / tune_module.VALIDATION_FILE).unlink()
