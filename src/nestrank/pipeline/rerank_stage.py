@@ -75,6 +75,10 @@ class RerankStage:
         depth = section.rerank_depth or (profile.rerank_depth if profile else None) or DEFAULT_RERANK_DEPTH
         weight = section.weight if section.weight is not None else (
             profile.weight if profile is not None and profile.weight is not None else 1.0)
+        if section.doc_mode == "maxp":
+            from nestrank.models.maxp import MaxPReranker
+
+            reranker = MaxPReranker(reranker, stride=section.stride)
         return cls(reranker, config or None, depth, weight, section.norm, section.profile, section.batch_tokens)
 
     def apply(self, candidates: Run, queries: Mapping[str, str], corpus: Corpus, *, show_progress: bool = False
@@ -95,6 +99,9 @@ class RerankStage:
                  for doc in corpus.get_many(candidates.doc_ids(qid, self.rerank_depth))]
         ratio = flops_ratio(self.reranker, self.config, pair_shapes(self.reranker, pairs)) \
             if hasattr(self.reranker, "flops") else None
+        from nestrank.models.maxp import MaxPReranker
+
         details = {"profile": self.profile, "config": self.config or "full", "rerank_depth": self.rerank_depth,
-                   "weight": self.weight, "norm": self.norm}
+                   "weight": self.weight, "norm": self.norm,
+                   "doc_mode": "maxp" if isinstance(self.reranker, MaxPReranker) else "truncate"}
         return run, StageStats("rerank", seconds, len(candidates), len(pairs), ratio, details)
