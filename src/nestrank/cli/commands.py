@@ -7,6 +7,7 @@ from nestrank.cli import (
     evaluate,  # noqa: F401
     mine,  # noqa: F401
     pipeline,  # noqa: F401
+    reproduce,  # noqa: F401
     rerank,  # noqa: F401
     retrieval,  # noqa: F401
     train,  # noqa: F401
