@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
         configs, raw_seconds = {}, {}
         for name, config in (("full", None), ("light", light)):
             start = time.perf_counter()
-            run = rerank_run(bm25, queries, ds.corpus, reranker, k=args.depth, config=config,
+            run = rerank_run(bm25, queries, ds.corpus, reranker, rerank_depth=args.depth, config=config,
                              batch_tokens=args.batch_tokens, show_progress=args.progress)
             seconds = raw_seconds[name] = time.perf_counter() - start
             ndcg = evaluate(run, sub_qrels, "ndcg@10")["nDCG@10"]

@@ -25,7 +25,7 @@ import torch
 from nestrank.data import Dataset, Qrels, Run
 from nestrank.evaluate import evaluate
 from nestrank.models.matryoshka import MatryoshkaReranker
-from nestrank.models.matryoshka_config import parse_config
+from nestrank.models.matryoshka.config import parse_config
 from nestrank.rerank import rerank_run_exits
 from nestrank.train.config import load_config, parse_overrides
 from nestrank.train.reranker import train_reranker

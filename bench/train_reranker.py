@@ -76,7 +76,7 @@ from nestrank.data import Corpus, Dataset, Qrels, Queries, Run
 from nestrank.errors import ConfigError
 from nestrank.evaluate import evaluate
 from nestrank.models.matryoshka import MatryoshkaReranker
-from nestrank.models.matryoshka_config import parse_config
+from nestrank.models.matryoshka.config import parse_config
 from nestrank.rerank import rerank_run_exits
 from nestrank.train.config import TrainConfig, load_config, parse_overrides
 from nestrank.train.mining import mine_to_file

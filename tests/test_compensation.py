@@ -11,8 +11,8 @@ torch = pytest.importorskip("torch")
 from test_matryoshka import QUERY, byte_tokenizer, tiny_llama  # noqa: E402
 
 from nestrank.errors import ConfigError  # noqa: E402
-from nestrank.models.compensation import CompensationSettings, FactorizedCompensation  # noqa: E402
 from nestrank.models.matryoshka import MatryoshkaReranker  # noqa: E402
+from nestrank.models.matryoshka.compensation import CompensationSettings, FactorizedCompensation  # noqa: E402
 
 # Passages of 40, 48 and 56 bytes (one token per byte): with compress=2:0.5;4:0.125 every row
 # is merged with k=2 after layer 2 and k=4 after layer 4, so one merged model matches all rows.
@@ -95,11 +95,11 @@ def test_gradients_reach_the_parts_in_use(setup):
     randomised(compensation)
     reranker.set_compensation(compensation)
     pairs = [reranker.encode(QUERY, doc, CONFIG) for doc in DOCS[:1]]
-    from nestrank.models.token_merge import RowLayout
+    from nestrank.models.matryoshka.token_merge import RowLayout
 
     ids = torch.tensor([pairs[0].ids])
     layout = [RowLayout(pairs[0].passage_start, pairs[0].passage_len, len(pairs[0].ids))]
-    from nestrank.models.matryoshka_config import parse_config
+    from nestrank.models.matryoshka.config import parse_config
 
     config = parse_config("depth=4,compress=2:0.5")
     reranker.forward_batch(ids, layout, config, (4,), [pairs[0].passage_len]).sum().backward()

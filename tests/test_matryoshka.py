@@ -13,8 +13,9 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from nestrank.data.corpus import Document
 from nestrank.errors import ConfigError
 from nestrank.models.matryoshka import MatryoshkaReranker
+from nestrank.models.matryoshka.engine import attention_row, batch_state
+from nestrank.models.matryoshka.token_merge import RowLayout
 from nestrank.models.reranker import RerankInputError
-from nestrank.models.token_merge import RowLayout
 
 
 def byte_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
@@ -193,8 +194,8 @@ def test_attention_row_equals_the_layers_attention(model, reranker):
     with torch.no_grad():
         out = eager_model(ids, output_attentions=True, output_hidden_states=True)
         layout = RowLayout(0, 0, ids.shape[1])
-        state = reranker._state(out.hidden_states[2], torch.arange(ids.shape[1])[None], [layout])
-        row = reranker._attention_row(3, out.hidden_states[2], state)
+        state = batch_state(reranker.decoder, out.hidden_states[2], torch.arange(ids.shape[1])[None], [layout])
+        row = attention_row(reranker.decoder, 3, out.hidden_states[2], state)
     np.testing.assert_allclose(row[0], out.attentions[2][0, :, -1].mean(0).numpy(), atol=1e-6)
 
 

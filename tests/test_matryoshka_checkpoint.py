@@ -76,7 +76,7 @@ def test_damaged_checkpoints_fail_clearly(trained, tmp_path):
 
 
 def test_compensation_round_trips_in_the_checkpoint(trained, tmp_path):
-    from nestrank.models.compensation import CompensationSettings, FactorizedCompensation
+    from nestrank.models.matryoshka.compensation import CompensationSettings, FactorizedCompensation
 
     reranker = trained
     compensation = FactorizedCompensation(reranker.decoder.layers, CompensationSettings(r=2, alpha=4, factors=(2,)))

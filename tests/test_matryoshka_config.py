@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from nestrank.errors import ConfigError
-from nestrank.models.matryoshka_config import Compression, MatryoshkaConfig, parse_config
+from nestrank.models.matryoshka.config import Compression, MatryoshkaConfig, parse_config
 
 
 def test_parse_depth_and_compress():

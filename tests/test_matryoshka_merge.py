@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from nestrank.models.token_merge import RowLayout, merge_rows, plan_merges, segment_ids
+from nestrank.models.matryoshka.token_merge import RowLayout, merge_rows, plan_merges, segment_ids
 
 
 def test_lowest_attention_groups_merge_first():

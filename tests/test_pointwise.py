@@ -14,7 +14,8 @@ import torch
 
 from nestrank.data import Document
 from nestrank.errors import ConfigError
-from nestrank.models.pointwise import PointwiseReranker, format_document, last_token_index
+from nestrank.models.pointwise import PointwiseReranker, format_document
+from nestrank.models.pooling import last_token_index
 from nestrank.models.reranker import RerankInputError
 
 WORDS = ["query:", "document:", "cats", "purr", "when", "they", "are", "happy", "dogs", "bark", "at", "strangers",

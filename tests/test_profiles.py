@@ -7,11 +7,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_matryoshka import DOCS, QUERY, byte_tokenizer, tiny_llama
+from test_matryoshka import DOCS, QUERY, byte_tokenizer, tiny_llama, truncated
 
 from nestrank.errors import ConfigError
 from nestrank.models.matryoshka import MatryoshkaReranker
-from nestrank.models.profiles import PROFILES_FILE, Profile, default_profiles, read_profiles, write_profiles
+from nestrank.models.matryoshka.profiles import PROFILES_FILE, Profile, default_profiles, read_profiles, write_profiles
 
 
 def test_default_profiles_follow_the_paper_light_point():
@@ -69,3 +69,11 @@ def test_profile_names_work_where_configuration_strings_do(tmp_path):
     assert loaded.flops("fast", 5, 20, 10) == loaded.flops("depth=2,compress=1:0.5", 5, 20, 10)
     with pytest.raises(ConfigError, match="unknown profile 'turbo'.*fast, full, light"):
         loaded.score(QUERY, DOCS, config="turbo")
+
+
+def test_a_two_layer_model_gets_a_light_profile_without_compression():
+    """Half of 2 layers is 1: no layer comes before the exit to compress after, so light only exits early."""
+    assert default_profiles(2)["light"].config == "depth=1"
+    reranker = MatryoshkaReranker(truncated(tiny_llama(), 2), byte_tokenizer())
+    assert reranker.score(QUERY, DOCS, config="light").shape == (len(DOCS),)
+

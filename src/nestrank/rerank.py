@@ -1,67 +1,95 @@
 """Reranking runs: the second stage of the pipeline (first-stage ``Run`` -> reranked ``Run``).
 
-:func:`rerank_run` rescores the top ``k`` documents of every query with a
-:class:`~nestrank.models.reranker.Reranker`. Documents ranked below ``k`` by the first stage
-are kept, in their first-stage order, *below* every reranked document: they get synthetic
-scores ``min(reranked) - 1``, ``min(reranked) - 2``, ... (so deeper metrics such as R@1000
-still see them, and no tail document can overtake a reranked one). Tail scores carry no
+:func:`rerank_run` rescores the top ``rerank_depth`` documents of every query with a
+:class:`~nestrank.models.reranker.Reranker`. Documents ranked below ``rerank_depth`` by the
+first stage are kept, in their first-stage order, *below* every reranked document: they get
+synthetic scores ``min(reranked) - 1``, ``min(reranked) - 2``, ... (so deeper metrics such as
+R@1000 still see them, and no tail document can overtake a reranked one). Tail scores carry no
 meaning beyond that order.
 
 Pairs of several queries are scored in one :meth:`Reranker.score` call (about
 ``pairs_per_call`` pairs), so length-sorted batching packs them across queries.
 :func:`rerank_run_exits` reranks with several exits of a Matryoshka reranker in one pass.
-:func:`load_reranker` builds a reranker from a model name for the CLI and scripts.
+:func:`load_reranker` builds a reranker from a model name for the CLI and scripts;
+:func:`check_reranker_config` checks a configuration for a model before it is loaded.
 """
 
 from __future__ import annotations
 
-import json
+import functools
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 from nestrank.data.corpus import Corpus, Document
 from nestrank.data.run import Run
 from nestrank.errors import ConfigError
 from nestrank.models.reranker import Reranker, RerankInputError
+from nestrank.models.settings import detect_kind
 
 if TYPE_CHECKING:
     from nestrank.models.matryoshka import MatryoshkaReranker
 
 Kind = Literal["auto", "matryoshka", "pointwise"]
 KINDS: tuple[str, ...] = ("auto", "matryoshka", "pointwise")
+P = ParamSpec("P")
+T = TypeVar("T")
+#: Candidates per query reranked when the caller does not say.
+DEFAULT_RERANK_DEPTH = 100
+
+__all__ = ["DEFAULT_RERANK_DEPTH", "check_rerank_depth", "check_reranker_config", "detect_kind", "load_reranker",
+           "rerank_run", "rerank_run_exits"]
 
 
+def _k_renamed(function: Callable[P, T]) -> Callable[P, T]:
+    """Accept ``k=``, the deprecated name of ``rerank_depth=``, with a ``DeprecationWarning``."""
+    @functools.wraps(function)
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        if "k" in kwargs:
+            if "rerank_depth" in kwargs:
+                raise ConfigError("k= is the deprecated name of rerank_depth=: pass rerank_depth= only")
+            warnings.warn("k= is deprecated: pass rerank_depth= (first-stage candidates reranked per query)",
+                          DeprecationWarning, stacklevel=2)
+            kwargs["rerank_depth"] = kwargs.pop("k")
+        return function(*args, **kwargs)
+
+    return call
+
+
+@_k_renamed
 def rerank_run(
     run: Run,
     queries: Mapping[str, str],
     corpus: Corpus,
     reranker: Reranker,
     *,
-    k: int = 100,
+    rerank_depth: int = DEFAULT_RERANK_DEPTH,
     config: Any = None,
     batch_tokens: int | None = None,
     pairs_per_call: int = 512,
     show_progress: bool = True,
 ) -> Run:
-    """Rerank the top ``k`` documents of each query of ``run``; returns a new :class:`Run`.
+    """Rerank the top ``rerank_depth`` documents of each query of ``run``; returns a new :class:`Run`.
 
     Args:
         run: first-stage results.
         queries: query id -> text for every query of ``run``.
-        corpus: holds every document in the top ``k`` (fetched with ``corpus.get_many``).
+        corpus: holds every document in the top ``rerank_depth`` (fetched with ``corpus.get_many``).
         reranker: any :class:`Reranker`.
-        k: depth to rerank; documents below it keep their first-stage order, below the
-            reranked ones (see the module docstring).
-        config: passed to ``reranker.score`` (a Matryoshka depth/width configuration).
+        rerank_depth: first-stage candidates reranked per query; documents below it keep their
+            first-stage order, below the reranked ones (see the module docstring).
+        config: passed to ``reranker.score`` (a Matryoshka configuration or profile name).
         batch_tokens: padded-token budget of one forward batch (reranker default if ``None``).
         pairs_per_call: pairs gathered across queries before one ``score`` call.
         show_progress: a progress bar over queries (on stderr).
 
+    ``k=`` is accepted as a deprecated alias of ``rerank_depth`` (with a ``DeprecationWarning``).
+
     Raises:
-        RerankInputError: a run query missing from ``queries`` or a top-``k`` document
-            missing from ``corpus`` (checked before any scoring).
-        ConfigError: ``k`` or ``pairs_per_call`` below 1.
+        RerankInputError: a run query missing from ``queries`` or a top-``rerank_depth``
+            document missing from ``corpus`` (checked before any scoring).
+        ConfigError: ``rerank_depth`` or ``pairs_per_call`` below 1.
     """
     def score(pair_queries: list[str], pair_docs: list[Document]) -> list[Sequence[float]]:
         scores = reranker.score(pair_queries, pair_docs, config=config, batch_tokens=batch_tokens)
@@ -70,9 +98,10 @@ def rerank_run(
                               "(request a single exit in config, or use rerank_run_exits)")
         return [scores]
 
-    return _rerank(run, queries, corpus, score, 1, k, pairs_per_call, show_progress)[0]
+    return _rerank(run, queries, corpus, score, 1, rerank_depth, pairs_per_call, show_progress)[0]
 
 
+@_k_renamed
 def rerank_run_exits(
     run: Run,
     queries: Mapping[str, str],
@@ -80,7 +109,7 @@ def rerank_run_exits(
     reranker: MatryoshkaReranker,
     exits: Sequence[int],
     *,
-    k: int = 100,
+    rerank_depth: int = DEFAULT_RERANK_DEPTH,
     config: Any = None,
     batch_tokens: int | None = None,
     pairs_per_call: int = 512,
@@ -92,7 +121,7 @@ def rerank_run_exits(
     (:meth:`MatryoshkaReranker.score_exits`); ``config``'s width steps apply to every exit, so
     ``exits=[10, 20, 30], config="compress=8:0.5"`` gives the same runs as three
     :func:`rerank_run` calls with ``depth=10/20/30,compress=8:0.5``. Arguments, the ranking of
-    documents below ``k`` and errors are those of :func:`rerank_run`.
+    documents below ``rerank_depth`` and errors are those of :func:`rerank_run`.
     """
     layers = sorted(set(exits))
     if not layers:
@@ -102,21 +131,28 @@ def rerank_run_exits(
         table = reranker.score_exits(pair_queries, pair_docs, layers, config=config, batch_tokens=batch_tokens)
         return [table[layer] for layer in layers]
 
-    runs = _rerank(run, queries, corpus, score, len(layers), k, pairs_per_call, show_progress)
+    runs = _rerank(run, queries, corpus, score, len(layers), rerank_depth, pairs_per_call, show_progress)
     return dict(zip(layers, runs, strict=True))
+
+
+def check_rerank_depth(rerank_depth: object) -> int:
+    """``rerank_depth`` when it is a positive integer; else :class:`ConfigError`."""
+    if isinstance(rerank_depth, bool) or not isinstance(rerank_depth, int) or rerank_depth < 1:
+        raise ConfigError(f"rerank_depth (first-stage candidates reranked per query) must be an integer of at least "
+                          f"1, got {rerank_depth!r}")
+    return rerank_depth
 
 
 ScoreFn = Callable[[list[str], list[Document]], list[Sequence[float]]]
 
 
-def _rerank(run: Run, queries: Mapping[str, str], corpus: Corpus, score: ScoreFn, outputs: int, k: int,
+def _rerank(run: Run, queries: Mapping[str, str], corpus: Corpus, score: ScoreFn, outputs: int, depth: int,
             pairs_per_call: int, show_progress: bool) -> list[Run]:
     """Rerank ``run`` with ``score``, which returns ``outputs`` score lists per call: one Run per list."""
-    if k < 1:
-        raise ConfigError(f"k (the reranking depth) must be at least 1, got {k}")
+    check_rerank_depth(depth)
     if pairs_per_call < 1:
         raise ConfigError(f"pairs_per_call must be at least 1, got {pairs_per_call}")
-    _check_ids(run, queries, corpus, k)
+    _check_ids(run, queries, corpus, depth)
     results = [Run() for _ in range(outputs)]
     progress = None
     if show_progress:
@@ -128,14 +164,14 @@ def _rerank(run: Run, queries: Mapping[str, str], corpus: Corpus, score: ScoreFn
         pending = 0
         for qid in run:
             chunk.append(qid)
-            pending += min(k, len(run[qid]))
+            pending += min(depth, len(run[qid]))
             if pending >= pairs_per_call:
-                _rerank_chunk(chunk, run, queries, corpus, score, k, results)
+                _rerank_chunk(chunk, run, queries, corpus, score, depth, results)
                 if progress is not None:
                     progress.update(len(chunk))
                 chunk, pending = [], 0
         if chunk:
-            _rerank_chunk(chunk, run, queries, corpus, score, k, results)
+            _rerank_chunk(chunk, run, queries, corpus, score, depth, results)
             if progress is not None:
                 progress.update(len(chunk))
     finally:
@@ -144,7 +180,7 @@ def _rerank(run: Run, queries: Mapping[str, str], corpus: Corpus, score: ScoreFn
     return results
 
 
-def _check_ids(run: Run, queries: Mapping[str, str], corpus: Corpus, k: int) -> None:
+def _check_ids(run: Run, queries: Mapping[str, str], corpus: Corpus, depth: int) -> None:
     if len(run) == 0:
         raise RerankInputError("the run has no queries to rerank")
     missing_queries = [qid for qid in run if qid not in queries]
@@ -154,47 +190,32 @@ def _check_ids(run: Run, queries: Mapping[str, str], corpus: Corpus, k: int) -> 
                                f"not in the queries: {shown} (fix: pass the queries file or split the run was made "
                                "from)")
     for qid in run:
-        missing = [doc for doc in run.doc_ids(qid, k) if doc not in corpus]
+        missing = [doc for doc in run.doc_ids(qid, depth) if doc not in corpus]
         if missing:
-            raise RerankInputError(f"query {qid!r}: {len(missing)} document(s) of the top {k} not in the corpus: "
+            raise RerankInputError(f"query {qid!r}: {len(missing)} document(s) of the top {depth} not in the corpus: "
                                    f"{', '.join(map(repr, missing[:5]))} (fix: use the corpus the run was made "
                                    "from)")
 
 
 def _rerank_chunk(chunk: list[str], run: Run, queries: Mapping[str, str], corpus: Corpus, score: ScoreFn,
-                  k: int, results: list[Run]) -> None:
-    """Score the top-k pairs of several queries in one call and add their reranked lists to ``results``."""
+                  depth: int, results: list[Run]) -> None:
+    """Score the top-``depth`` pairs of several queries in one call and add their reranked lists to ``results``."""
     pair_queries: list[str] = []
     pair_docs: list[Document] = []
     for qid in chunk:
-        docs = corpus.get_many(run.doc_ids(qid, k))
+        docs = corpus.get_many(run.doc_ids(qid, depth))
         pair_queries.extend([queries[qid]] * len(docs))
         pair_docs.extend(docs)
     tables = score(pair_queries, pair_docs) if pair_docs else [[] for _ in results]
     for scores, result in zip(tables, results, strict=True):
         start = 0
         for qid in chunk:
-            head = run.doc_ids(qid, k)
+            head = run.doc_ids(qid, depth)
             head_scores = [float(s) for s in scores[start:start + len(head)]]
             start += len(head)
             floor = min(head_scores, default=0.0)
-            tail = [(doc, floor - rank) for rank, doc in enumerate(run.doc_ids(qid)[k:], 1)]
+            tail = [(doc, floor - rank) for rank, doc in enumerate(run.doc_ids(qid)[depth:], 1)]
             result.add(qid, [*zip(head, head_scores, strict=True), *tail])
-
-
-def detect_kind(name_or_path: str | Path) -> Literal["matryoshka", "pointwise"]:
-    """``pointwise`` for a sequence-classification checkpoint or SEQ_CLS adapter, else ``matryoshka``."""
-    path = Path(name_or_path)
-    adapter_config = path / "adapter_config.json"
-    if adapter_config.is_file():
-        task = json.loads(adapter_config.read_text(encoding="utf-8")).get("task_type")
-        return "pointwise" if task == "SEQ_CLS" else "matryoshka"
-    config_file = path / "config.json"
-    if config_file.is_file():
-        architectures = json.loads(config_file.read_text(encoding="utf-8")).get("architectures") or []
-        if any(name.endswith("ForSequenceClassification") for name in architectures):
-            return "pointwise"
-    return "matryoshka"
 
 
 def load_reranker(name_or_path: str | Path, *, kind: Kind = "auto", device: str | None = None,
@@ -203,17 +224,50 @@ def load_reranker(name_or_path: str | Path, *, kind: Kind = "auto", device: str 
 
     ``kind="auto"`` picks :class:`~nestrank.models.pointwise.PointwiseReranker` for a
     sequence-classification checkpoint or SEQ_CLS adapter (RankLLaMA layout) and
-    ``MatryoshkaReranker`` otherwise (any Llama-family decoder, preset or checkpoint).
-    Other keyword arguments go to the class's ``from_pretrained``.
+    ``MatryoshkaReranker`` otherwise (any Llama-family decoder, preset or checkpoint; see
+    :func:`nestrank.models.settings.detect_kind`). Other keyword arguments go to the class's
+    ``from_pretrained``.
     """
-    if kind not in KINDS:
-        raise ConfigError(f"unknown reranker kind {kind!r}; choose one of {', '.join(KINDS)}")
-    if kind == "auto":
-        kind = detect_kind(name_or_path)
-    if kind == "pointwise":
+    if _reranker_kind(name_or_path, kind) == "pointwise":
         from nestrank.models.pointwise import PointwiseReranker
 
         return PointwiseReranker.from_pretrained(name_or_path, device=device, dtype=dtype, **kwargs)
     from nestrank.models.matryoshka import MatryoshkaReranker
 
     return MatryoshkaReranker.from_pretrained(name_or_path, device=device, dtype=dtype, **kwargs)
+
+
+def check_reranker_config(name_or_path: str | Path, config: Any, *, kind: Kind = "auto") -> None:
+    """Check ``config`` for the reranker :func:`load_reranker` would build, without loading it.
+
+    A Matryoshka configuration string or profile name is parsed; profile names are looked up
+    in the model directory's ``profiles.json`` (``full`` and ``light`` always exist) and, when
+    a local ``config.json`` gives the layer count, the layers are checked too. A pointwise
+    reranker takes no configuration.
+
+    Raises:
+        ConfigError: what scoring with ``config`` would raise once the model is loaded.
+    """
+    if _reranker_kind(name_or_path, kind) == "pointwise":
+        from nestrank.models.pointwise import check_no_config
+
+        check_no_config(config)
+        return
+    from nestrank.models.matryoshka.checkpoint import layer_count
+    from nestrank.models.matryoshka.profiles import check_config
+
+    path = Path(name_or_path)
+    check_config(config, path if path.is_dir() else None, layer_count(path))
+
+
+def _reranker_kind(name_or_path: str | Path, kind: str) -> str:
+    """``kind``, or for ``auto`` the kind of reranker ``name_or_path`` holds."""
+    if kind not in KINDS:
+        raise ConfigError(f"unknown reranker kind {kind!r}; choose one of {', '.join(KINDS)}")
+    if kind != "auto":
+        return kind
+    found = detect_kind(name_or_path)
+    if found not in KINDS:
+        raise ConfigError(f"{name_or_path} is a {found} checkpoint, not a reranker (fix: pass a reranker checkpoint "
+                          "or a causal LM backbone)")
+    return found

@@ -1,10 +1,10 @@
-"""``nestrank rerank``: rerank the top-k of a first-stage run with an LLM reranker."""
+"""``nestrank rerank``: rerank the top candidates of a first-stage run with an LLM reranker."""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -23,39 +23,66 @@ def rerank_command(
     corpus: CorpusOpt = None,
     queries: QueriesOpt = None,
     split: SplitOpt = "test",
-    kind: Annotated[str, typer.Option("--kind", help="auto (pointwise for sequence-classification checkpoints and "
-                                      "SEQ_CLS adapters, else matryoshka), matryoshka or pointwise.")] = "auto",
+    kind: Annotated[str | None, typer.Option("--kind", help="auto (pointwise for sequence-classification "
+                                             "checkpoints and SEQ_CLS adapters, else matryoshka; the default), "
+                                             "matryoshka or pointwise.", show_default=False)] = None,
     config: Annotated[str | None, typer.Option("--config", "-c", help="Matryoshka run-time configuration, e.g. "
-                                               "'depth=16,compress=8:0.5' (default: the full model).")] = None,
-    k: Annotated[int, typer.Option("--k", "-k", help="Rerank the top K of each query; deeper documents keep "
-                                   "their first-stage order below them.")] = 100,
+                                               "'depth=16,compress=8:0.5', or a profile name (full, light, or one "
+                                               "of the model's profiles.json); default: the full model.")] = None,
+    rerank_depth: Annotated[int | None, typer.Option("--rerank-depth", help="Rerank the top N candidates of each "
+                                                     "query (default 100); deeper documents keep their first-stage "
+                                                     "order below them.", show_default=False)] = None,
+    k: Annotated[int | None, typer.Option("--k", "-k", hidden=True, help="Deprecated alias of --rerank-depth.")] = None,
     batch_tokens: Annotated[int | None, typer.Option("--batch-tokens", help="Padded tokens per forward batch "
                                                      "(default: the reranker's).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="cuda, cuda:1, cpu (default: CUDA if "
                                                "available).")] = None,
-    dtype: Annotated[str, typer.Option("--dtype", help="auto (bf16 on CUDA, else fp32), float32, bfloat16, "
-                                       "float16.")] = "auto",
-    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+    dtype: Annotated[str | None, typer.Option("--dtype", help="auto (bf16 on CUDA, else fp32; the default), "
+                                              "float32, bfloat16, float16.", show_default=False)] = None,
+    progress: Annotated[bool | None, typer.Option("--progress/--no-progress", help="Show a progress bar "
+                                                  "(default: on).", show_default=False)] = None,
     tag: Annotated[str, typer.Option("--tag", help="Tag column of the TREC run.")] = "nestrank-rerank",
 ) -> None:
     """Rerank a run, e.g. `nestrank rerank --dataset scifact --run bm25.run --model smollm2-135m --out rr.run`.
 
-    Queries come from --queries FILE (all of them) or the queries judged in --split.
+    Queries come from --queries FILE (all of them) or the queries judged in --split. The
+    configuration and the rerank depth are checked before the model loads.
     """
     from nestrank.data import Run
-    from nestrank.rerank import load_reranker, rerank_run
+    from nestrank.errors import ConfigError
+    from nestrank.rerank import (
+        DEFAULT_RERANK_DEPTH,
+        check_rerank_depth,
+        check_reranker_config,
+        load_reranker,
+        rerank_run,
+    )
 
+    if k is not None:
+        if rerank_depth is not None:
+            raise ConfigError("--k is a deprecated alias of --rerank-depth: give --rerank-depth only")
+        typer.secho("warning: --k is deprecated; use --rerank-depth", fg=typer.colors.YELLOW, err=True)
+        rerank_depth = k
+    loading = _given(kind=kind, device=device, dtype=dtype)
+    options = _given(rerank_depth=rerank_depth, config=config, batch_tokens=batch_tokens, show_progress=progress)
+    if rerank_depth is not None:
+        check_rerank_depth(rerank_depth)
+    check_reranker_config(model, config, **_given(kind=kind))
     ds = open_dataset(dataset, corpus=corpus, queries=queries, split=split)
     query_set = ds.queries if queries is not None else ds.split_queries(split)
     first_stage = Run.read_trec(run)
-    docs = ds.corpus
     start = time.perf_counter()
-    reranker = load_reranker(model, kind=kind, device=device, dtype=dtype)  # type: ignore[arg-type]
+    reranker = load_reranker(model, **loading)
     loaded = time.perf_counter()
-    reranked = rerank_run(first_stage, query_set, docs, reranker, k=k, config=config, batch_tokens=batch_tokens,
-                          show_progress=progress)
+    reranked = rerank_run(first_stage, query_set, ds.corpus, reranker, **options)
     seconds = time.perf_counter() - loaded
     reranked.write_trec(out, tag=tag)
-    pairs = sum(min(k, len(first_stage[qid])) for qid in first_stage)
+    depth = options.get("rerank_depth", DEFAULT_RERANK_DEPTH)
+    pairs = sum(min(depth, len(first_stage[qid])) for qid in first_stage)
     typer.echo(f"reranked {pairs} pairs of {len(reranked)} queries in {seconds:.1f}s "
                f"({pairs / max(seconds, 1e-9):.1f} pairs/s; model loaded in {loaded - start:.1f}s) -> {out}", err=True)
+
+
+def _given(**options: Any) -> dict[str, Any]:
+    """The options the user gave (not ``None``), so the library's defaults apply to the others."""
+    return {name: value for name, value in options.items() if value is not None}

@@ -5,10 +5,15 @@ Importing this package is cheap; torch and transformers load on first use.
 
 from nestrank.models.backbone import load_backbone, resolve_device, resolve_dtype
 from nestrank.models.dense import DenseEncoder, EncoderConfig
-from nestrank.models.matryoshka import MatryoshkaReranker
-from nestrank.models.matryoshka_config import MatryoshkaConfig, parse_config
+from nestrank.models.matryoshka import (
+    MatryoshkaConfig,
+    MatryoshkaReranker,
+    Profile,
+    parse_config,
+    read_profiles,
+    write_profiles,
+)
 from nestrank.models.pointwise import PointwiseReranker
-from nestrank.models.profiles import Profile, read_profiles, write_profiles
 from nestrank.models.reranker import RankedDocument, Reranker
 
 __all__ = [

@@ -237,6 +237,16 @@ def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerB
     return tokenizer
 
 
+def check_special_tokens(tokenizer: PreTrainedTokenizerBase, *, eos: bool) -> None:
+    """Raise :class:`ConfigError` unless ``tokenizer`` has a pad token and, when ``eos``, an EOS token to append."""
+    name = tokenizer.name_or_path
+    if eos and tokenizer.eos_token_id is None:
+        raise ConfigError(f"tokenizer {name!r} has no EOS token to append")
+    if tokenizer.pad_token_id is None:
+        raise ConfigError(f"tokenizer {name!r} has no pad token (fix: load it with nestrank.models.load_backbone, "
+                          "which sets one, or set tokenizer.pad_token)")
+
+
 def load_tokenizer(source: BackboneSource, *, trust_remote_code: bool = False,
                    padding_side: Literal["left", "right"] | None = None) -> PreTrainedTokenizerBase:
     """The tokenizer of a resolved source (the adapter's own when it ships one), with a pad token."""

@@ -26,6 +26,7 @@ import numpy as np
 
 from nestrank.data.corpus import Document
 from nestrank.errors import ConfigError, DataFormatError
+from nestrank.models.backbone import check_special_tokens
 from nestrank.models.batching import map_batches
 from nestrank.models.pooling import POOLINGS, Pooling, pool
 from nestrank.models.settings import SETTINGS_FILE, read_settings
@@ -124,11 +125,7 @@ class DenseEncoder:
         if batch_tokens is None:
             batch_tokens = CPU_BATCH_TOKENS if self.device.type == "cpu" else GPU_BATCH_TOKENS
         self.batch_tokens = batch_tokens
-        if self.config.append_eos and tokenizer.eos_token_id is None:
-            raise ConfigError(f"append_eos=True but tokenizer {tokenizer.name_or_path!r} has no EOS token")
-        if tokenizer.pad_token_id is None:
-            raise ConfigError(f"tokenizer {tokenizer.name_or_path!r} has no pad token (fix: load it with "
-                              "load_backbone, or set tokenizer.pad_token)")
+        check_special_tokens(tokenizer, eos=self.config.append_eos)
         if batch_tokens < 1:
             raise ConfigError(f"batch_tokens must be >= 1, got {batch_tokens}")
 

@@ -29,9 +29,11 @@ import numpy as np
 
 from nestrank.data.corpus import Document
 from nestrank.errors import ConfigError
+from nestrank.models.backbone import check_special_tokens
 from nestrank.models.batching import map_batches
+from nestrank.models.pooling import last_token_index
 from nestrank.models.reranker import Reranker
-from nestrank.models.settings import SETTINGS_FILE, read_settings
+from nestrank.models.settings import SETTINGS_FILE, adapter_task, detect_kind, read_settings
 
 if TYPE_CHECKING:
     import torch
@@ -41,10 +43,11 @@ QUERY_TEMPLATE = "query: {query}"
 DOCUMENT_TEMPLATE = "document: {title} {text}"
 
 
-def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
-    """Index of the last position with mask 1 in each row (left or right padding)."""
-    length = attention_mask.shape[-1]
-    return length - 1 - attention_mask.flip(-1).int().argmax(-1)
+def check_no_config(config: Any) -> None:
+    """Raise :class:`ConfigError` unless ``config`` is ``None``: a pointwise reranker has no run-time configuration."""
+    if config is not None:
+        raise ConfigError(f"PointwiseReranker has no run-time configuration, got config={config!r} "
+                          "(depth/width configs are for the Matryoshka reranker; pass config=None)")
 
 
 def format_document(doc: Document, template: str = DOCUMENT_TEMPLATE) -> str:
@@ -82,11 +85,7 @@ class PointwiseReranker(Reranker):
                               "'score' head (fix: load a *ForSequenceClassification checkpoint or a SEQ_CLS adapter)")
         if seq_cls.config.num_labels != 1:
             raise ConfigError(f"the score head has {seq_cls.config.num_labels} outputs; a pointwise reranker needs 1")
-        if tokenizer.eos_token_id is None:
-            raise ConfigError(f"tokenizer {tokenizer.name_or_path!r} has no EOS token to append")
-        if tokenizer.pad_token_id is None:
-            raise ConfigError(f"tokenizer {tokenizer.name_or_path!r} has no pad token "
-                              "(fix: load it with nestrank.models.load_backbone, which sets one)")
+        check_special_tokens(tokenizer, eos=True)
         if max_length < 8:
             raise ConfigError(f"max_length must be at least 8 tokens, got {max_length}")
         for name, template, fields in (("query_template", query_template, ("{query}",)),
@@ -124,16 +123,17 @@ class PointwiseReranker(Reranker):
         from nestrank.models.backbone import load_backbone, resolve_source
 
         source = resolve_source(name_or_path, base_model=base_model)
+        saved = _saved_settings(Path(source.adapter or source.path))  # first: a nestrank.json of another kind
         if source.adapter:
             _check_seq_cls_adapter(Path(source.adapter))
-        elif not _is_seq_cls_checkpoint(Path(source.path)):
+        elif Path(source.path).is_dir() and detect_kind(source.path) != "pointwise":
             raise ConfigError(f"{name_or_path} is not a sequence-classification checkpoint: its score head would be "
                               "random (fix: pass a *ForSequenceClassification directory or a SEQ_CLS PEFT adapter, "
                               "e.g. the layout of castorini/rankllama-v1-7b-lora-passage)")
         model, tokenizer = load_backbone(name_or_path, task="seq-cls", num_labels=1, dtype=dtype, device=device,
                                          merge_lora=merge_lora, base_model=base_model,
                                          attn_implementation=attn_implementation)
-        return cls(model, tokenizer, **{**_saved_settings(Path(source.adapter or source.path)), **kwargs})
+        return cls(model, tokenizer, **{**saved, **kwargs})
 
     def save_settings(self, path: str | Path) -> Path:
         """Write ``nestrank.json`` (max length, templates) into ``path``, read back by :meth:`from_pretrained`."""
@@ -174,9 +174,7 @@ class PointwiseReranker(Reranker):
 
         ``config`` must be ``None``: a pointwise reranker has no run-time configuration.
         """
-        if config is not None:
-            raise ConfigError(f"PointwiseReranker has no run-time configuration, got config={config!r} "
-                              "(depth/width configs are for the Matryoshka reranker; pass config=None)")
+        check_no_config(config)
         query_list, docs = self.pairs(queries, documents)
         budget = self.resolve_batch_tokens(batch_tokens)
         encoded = self.encode(query_list, docs)
@@ -224,22 +222,11 @@ def _saved_settings(path: Path) -> dict[str, Any]:
     return {key: saved[key] for key in ("max_length", "query_template", "document_template") if key in saved}
 
 
-def _is_seq_cls_checkpoint(path: Path) -> bool:
-    """True for a local directory whose config names a *ForSequenceClassification class (hub ids: trusted)."""
-    config_file = path / "config.json"
-    if not path.is_dir():
-        return not path.exists()  # a hub id: transformers will check
-    if not config_file.is_file():
-        return False
-    architectures = json.loads(config_file.read_text(encoding="utf-8")).get("architectures") or []
-    return any(name.endswith("ForSequenceClassification") for name in architectures)
-
-
 def _check_seq_cls_adapter(adapter: Path) -> None:
     """An adapter must be SEQ_CLS and carry a trained score head (modules_to_save), or scores are random."""
-    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
-    if config.get("task_type") != "SEQ_CLS":
-        raise ConfigError(f"{adapter}/adapter_config.json has task_type {config.get('task_type')!r}; a pointwise "
+    task = adapter_task(adapter)
+    if task != "SEQ_CLS":
+        raise ConfigError(f"{adapter}/adapter_config.json has task_type {task!r}; a pointwise "
                           "reranker needs a SEQ_CLS adapter with its score head (the RankLLaMA layout)")
     weights = adapter / "adapter_model.safetensors"
     if weights.is_file():

@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from peft import PeftModel
 
     from nestrank.models.matryoshka import MatryoshkaReranker
-    from nestrank.models.matryoshka_config import MatryoshkaConfig
+    from nestrank.models.matryoshka.config import MatryoshkaConfig
     from nestrank.train.reranker_losses import DistillationLoss
 
 __all__ = ["RerankerTrainer", "Student", "build_reranker", "load_adapter_weights", "sample_students", "scoring_module",
@@ -91,7 +91,7 @@ def student_options(config: RerankerConfig, teachers: Sequence[int]) -> list[Stu
 
     A full-width student at a teacher's depth is left out (it would be that teacher).
     """
-    from nestrank.models.matryoshka_config import parse_config
+    from nestrank.models.matryoshka.config import parse_config
 
     options = []
     for depth in sorted(set(config.student_depths)):
@@ -132,8 +132,10 @@ def build_reranker(config: TrainConfig, device: str | None = None
     ``init`` with its LoRA merged, freezes everything and attaches a fresh V-/H-LoRA
     compensation (fp32).
     """
-    from nestrank.models.compensation import CompensationSettings, FactorizedCompensation
-    from nestrank.models.matryoshka import LORA_DIR, SETTINGS_FILE, MatryoshkaReranker
+    from nestrank.models.matryoshka import MatryoshkaReranker
+    from nestrank.models.matryoshka.checkpoint import LORA_DIR
+    from nestrank.models.matryoshka.compensation import CompensationSettings, FactorizedCompensation
+    from nestrank.models.settings import SETTINGS_FILE
 
     m, d, r, lo = config.model, config.data, config.reranker, config.lora
     init = Path(r.init) if r.init else None
@@ -306,7 +308,7 @@ class RerankerTrainer:
         """
         import torch
 
-        from nestrank.models.matryoshka_config import MatryoshkaConfig, parse_config
+        from nestrank.models.matryoshka.config import MatryoshkaConfig, parse_config
         from nestrank.train.reranker_losses import StudentScores, cascaded_self_distillation
 
         r, t = self.config.reranker, self.config.train
@@ -410,7 +412,7 @@ class RerankerTrainer:
 
     def _save_model(self, path: Path) -> None:
         """The reranker's files of a checkpoint: a Matryoshka checkpoint directory with ``lora/``."""
-        from nestrank.models.matryoshka import LORA_DIR
+        from nestrank.models.matryoshka.checkpoint import LORA_DIR
 
         reranker = self.reranker
         assert reranker is not None
@@ -439,7 +441,7 @@ class RerankerTrainer:
         """Load the trained weights of checkpoint ``path`` (LoRA, heads, compensation) into the model."""
         from safetensors.torch import load_file
 
-        from nestrank.models.matryoshka import COMPENSATION_FILE, HEADS_FILE, LORA_DIR
+        from nestrank.models.matryoshka.checkpoint import COMPENSATION_FILE, HEADS_FILE, LORA_DIR
 
         reranker = self.reranker
         assert reranker is not None

@@ -27,18 +27,23 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nestrank.errors import ConfigError
-from nestrank.models.matryoshka_config import MatryoshkaConfig, parse_config
+from nestrank.models.matryoshka.config import MatryoshkaConfig, parse_config
 
-__all__ = ["PROFILES_FILE", "Profile", "default_profiles", "read_profiles", "write_profiles", "is_profile_name"]
+__all__ = ["PROFILES_FILE", "Profile", "check_config", "default_profiles", "is_profile_name", "read_profiles",
+           "resolve_config", "write_profiles"]
 
 PROFILES_FILE = "profiles.json"
 FORMAT_VERSION = 1
+#: Profiles every reranker has (see :func:`default_profiles`).
+DEFAULT_NAMES = ("full", "light")
+#: Fields of a profile in ``profiles.json``.
+FIELDS = ("config", "rerank_depth", "weight", "flops_ratio", "ms_per_pair", "quality")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 
 
@@ -48,7 +53,7 @@ class Profile:
 
     Attributes:
         name: the profile's name (letters, digits, ``_`` and ``-``, starting with a letter).
-        config: a configuration string (:func:`nestrank.models.matryoshka_config.parse_config`).
+        config: a configuration string (:func:`nestrank.models.matryoshka.config.parse_config`).
         rerank_depth: candidates per query to rerank with it (``None``: the caller's choice).
         weight: the reranker's weight when interpolating with the first stage (``None``: none).
         flops_ratio / ms_per_pair / quality: measured by the tuner (informative only).
@@ -97,7 +102,8 @@ def default_profiles(num_layers: int) -> dict[str, Profile]:
         return {"full": Profile("full", ""), "light": Profile("light", "")}
     depth = math.floor(num_layers / 2 + 0.5)
     at = max(1, math.floor(num_layers / 4 + 0.5))
-    return {"full": Profile("full", ""), "light": Profile("light", f"depth={depth},compress={at}:0.5")}
+    light = f"depth={depth},compress={at}:0.5" if at < depth else f"depth={depth}"  # 2 layers: nothing to compress
+    return {"full": Profile("full", ""), "light": Profile("light", light)}
 
 
 def read_profiles(model_dir: str | Path | None, num_layers: int) -> dict[str, Profile]:
@@ -108,11 +114,61 @@ def read_profiles(model_dir: str | Path | None, num_layers: int) -> dict[str, Pr
             ``num_layers``-layer model (the message names the file and the profile).
     """
     profiles = default_profiles(num_layers)
-    if model_dir is None:
-        return profiles
-    path = Path(model_dir) / PROFILES_FILE
-    if not path.is_file():
-        return profiles
+    for name, profile in _file_profiles(model_dir).items():
+        try:
+            profile.parsed.validate(num_layers)
+        except ConfigError as exc:
+            raise ConfigError(f"{Path(str(model_dir), PROFILES_FILE)}: {exc}") from None
+        profiles[name] = profile
+    return profiles
+
+
+def resolve_config(spec: MatryoshkaConfig | str | None, profiles: Mapping[str, Profile]) -> MatryoshkaConfig:
+    """``spec`` parsed, where a name of ``profiles`` gives that profile's configuration.
+
+    Raises:
+        ConfigError: a name that is neither a profile nor a valid configuration string
+            (the message lists the profiles).
+    """
+    if isinstance(spec, str) and spec.strip() in profiles:
+        return profiles[spec.strip()].parsed
+    return _parse(spec, profiles)
+
+
+def check_config(spec: MatryoshkaConfig | str | None, model_dir: str | Path | None = None,
+                 num_layers: int | None = None) -> None:
+    """Check a configuration string or profile name for a model without loading the model.
+
+    The profiles are ``full``, ``light`` and those of ``model_dir/profiles.json`` (when
+    ``model_dir`` is a directory holding one). With ``num_layers`` the layers are checked too.
+
+    Raises:
+        ConfigError: what :func:`resolve_config` (and, with ``num_layers``, validation) raises.
+    """
+    if num_layers is not None:
+        resolve_config(spec, read_profiles(model_dir, num_layers)).validate(num_layers)
+        return
+    names = {*DEFAULT_NAMES, *_file_profiles(model_dir)}
+    if not (isinstance(spec, str) and spec.strip() in names):
+        _parse(spec, names)
+
+
+def _parse(spec: MatryoshkaConfig | str | None, names: Iterable[str]) -> MatryoshkaConfig:
+    """:func:`parse_config` of ``spec``; a spec spelled like a name that does not parse is an unknown profile."""
+    try:
+        return parse_config(spec)
+    except ConfigError as exc:
+        if is_profile_name(spec):
+            raise ConfigError(f"unknown profile {spec!r} (this model has {', '.join(sorted(names))}; "
+                              "or give a configuration such as 'depth=15,compress=8:0.5')") from None
+        raise exc
+
+
+def _file_profiles(model_dir: str | Path | None) -> dict[str, Profile]:
+    """The profiles of ``model_dir/profiles.json`` (none when it has none), checked without a model."""
+    path = None if model_dir is None else Path(model_dir) / PROFILES_FILE
+    if path is None or not path.is_file():
+        return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -120,22 +176,20 @@ def read_profiles(model_dir: str | Path | None, num_layers: int) -> dict[str, Pr
     entries = data.get("profiles") if isinstance(data, dict) else None
     if not isinstance(entries, dict):
         raise ConfigError(f"{path}: expected an object with a 'profiles' object (fix: run `nestrank tune` again)")
+    profiles = {}
     for name, entry in entries.items():
         if not isinstance(entry, dict) or not isinstance(entry.get("config"), str):
             raise ConfigError(f"{path}: profile {name!r} needs a 'config' string")
-        known = {"config", "rerank_depth", "weight", "flops_ratio", "ms_per_pair", "quality"}
-        unknown = set(entry) - known
+        unknown = set(entry) - set(FIELDS)
         if unknown:
             raise ConfigError(f"{path}: profile {name!r} has unknown field(s) {', '.join(sorted(unknown))} "
-                              f"(known: {', '.join(sorted(known))})")
+                              f"(known: {', '.join(sorted(FIELDS))})")
         try:
-            profile = Profile(name=name, **entry)
-            profile.parsed.validate(num_layers)
+            profiles[name] = Profile(name=name, **entry)
         except ConfigError as exc:
             raise ConfigError(f"{path}: {exc}") from None
         except TypeError as exc:
             raise ConfigError(f"{path}: profile {name!r}: {exc}") from None
-        profiles[name] = profile
     return profiles
 
 
