@@ -66,7 +66,7 @@ def test_output_equals_the_stages_run_by_hand(dataset, checkpoint):
 
     first = BM25Index.build(dataset.corpus).search(dataset.queries, 100)
     reranker = MatryoshkaReranker.from_pretrained(str(checkpoint), dtype="float32", device="cpu")
-    by_hand = interpolate(first, rerank_run(first, dataset.queries, dataset.corpus, reranker, k=3,
+    by_hand = interpolate(first, rerank_run(first, dataset.queries, dataset.corpus, reranker, rerank_depth=3,
                                             config="depth=2,compress=1:0.5", show_progress=False), 0.4, 3)
     assert list(result.run) == list(by_hand)
     for qid in by_hand:

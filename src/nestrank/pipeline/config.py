@@ -115,8 +115,8 @@ class RerankerSection:
 
     def validate(self, where: str) -> None:
         """Raise :class:`ConfigError` naming ``where`` and the key on a bad value (the model is not loaded)."""
-        from nestrank.models.matryoshka_config import parse_config
-        from nestrank.models.profiles import is_profile_name
+        from nestrank.models.matryoshka.config import parse_config
+        from nestrank.models.matryoshka.profiles import is_profile_name
 
         _one_of(self.norm, NORMS, "reranker.norm", where)
         _one_of(self.doc_mode, DOC_MODES, "reranker.doc_mode", where)

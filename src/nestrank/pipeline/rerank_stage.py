@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING, Any
 from nestrank.data import Corpus, Run
 from nestrank.errors import ConfigError
 from nestrank.pipeline.config import RerankerSection
+from nestrank.rerank import DEFAULT_RERANK_DEPTH
 
 if TYPE_CHECKING:
     from nestrank.pipeline.pipeline import StageStats
 
-__all__ = ["DEFAULT_RERANK_DEPTH", "RerankStage"]
+__all__ = ["RerankStage"]
 
-#: Candidates reranked when neither the settings nor the profile say.
-DEFAULT_RERANK_DEPTH = 100
 
 
 @dataclass
@@ -90,7 +89,7 @@ class RerankStage:
         from nestrank.rerank import rerank_run
 
         clock = time.perf_counter()
-        reranked = rerank_run(candidates, queries, corpus, self.reranker, k=self.rerank_depth, config=self.config,
+        reranked = rerank_run(candidates, queries, corpus, self.reranker, rerank_depth=self.rerank_depth, config=self.config,
                               batch_tokens=self.batch_tokens, show_progress=show_progress)
         seconds = time.perf_counter() - clock
         run = reranked if self.weight == 1.0 else interpolate(candidates, reranked, self.weight, self.rerank_depth,

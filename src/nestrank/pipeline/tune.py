@@ -237,7 +237,7 @@ def _score_all(reranker: Any, candidates: Run, queries: Mapping[str, str], corpu
             if not path.is_file():
                 clock = time.perf_counter()
                 runs = rerank_run_exits(Run({q: candidates[q] for q in chunk}), queries, corpus, reranker, depths,
-                                        k=depth_of, config=f"compress={width}" if width else None,
+                                        rerank_depth=depth_of, config=f"compress={width}" if width else None,
                                         show_progress=show_progress)
                 record = {str(d): {q: dict(runs[d][q][:len(candidates[q])]) for q in chunk} for d in depths}
                 with atomic_write(path) as handle:
