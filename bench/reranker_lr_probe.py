@@ -28,8 +28,8 @@ from nestrank.models.matryoshka import MatryoshkaReranker
 from nestrank.models.matryoshka_config import parse_config
 from nestrank.rerank import rerank_run_exits
 from nestrank.train.config import load_config, parse_overrides
+from nestrank.train.loop import VALIDATION_FILE
 from nestrank.train.reranker import train_reranker
-from nestrank.train.retriever import VALIDATION_FILE
 
 
 def main() -> None:

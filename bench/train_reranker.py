@@ -79,8 +79,8 @@ from nestrank.models.matryoshka import MatryoshkaReranker
 from nestrank.models.matryoshka_config import parse_config
 from nestrank.rerank import rerank_run_exits
 from nestrank.train.config import TrainConfig, load_config, parse_overrides
+from nestrank.train.loop import LOG_FILE, VALIDATION_FILE
 from nestrank.train.mining import mine_to_file
-from nestrank.train.retriever import LOG_FILE, VALIDATION_FILE
 
 SMOKE_QUERIES = 5
 STAGES = {"plain": "contrastive", "distill": "distill", "comp": "compensate"}
