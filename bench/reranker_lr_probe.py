@@ -28,8 +28,8 @@ from nestrank.models.matryoshka import MatryoshkaReranker
 from nestrank.models.matryoshka.config import parse_config
 from nestrank.rerank import rerank_run_exits
 from nestrank.train.config import load_config, parse_overrides
+from nestrank.train.loop import VALIDATION_FILE
 from nestrank.train.reranker import train_reranker
-from nestrank.train.retriever import VALIDATION_FILE
 
 
 def main() -> None:
@@ -72,7 +72,7 @@ def main() -> None:
     light = parse_config(args.light)
     light_depth = light.exits[-1] if light.exits else reranker.num_layers
     for name, width, exits in (("full", None, [15, reranker.num_layers]), ("light", light, [light_depth])):
-        runs = rerank_run_exits(first, queries, ds.corpus, reranker, exits, k=args.depth, config=width,
+        runs = rerank_run_exits(first, queries, ds.corpus, reranker, exits, rerank_depth=args.depth, config=width,
                                 show_progress=False)
         for layer, run in runs.items():
             figures[f"{name}@{layer}"] = round(evaluate(run, qrels, "ndcg@10")["nDCG@10"], 4)

@@ -79,8 +79,8 @@ from nestrank.models.matryoshka import MatryoshkaReranker
 from nestrank.models.matryoshka.config import parse_config
 from nestrank.rerank import rerank_run_exits
 from nestrank.train.config import TrainConfig, load_config, parse_overrides
+from nestrank.train.loop import LOG_FILE, VALIDATION_FILE
 from nestrank.train.mining import mine_to_file
-from nestrank.train.retriever import LOG_FILE, VALIDATION_FILE
 
 SMOKE_QUERIES = 5
 STAGES = {"plain": "contrastive", "distill": "distill", "comp": "compensate"}
@@ -418,7 +418,7 @@ def main() -> None:
         kept: dict[str, Run] = {}  # the full and light runs, for the interpolation with BM25
         for key, (width, exits) in passes.items():
             rerank_clock = time.perf_counter()
-            runs = rerank_run_exits(first, queries, ds.corpus, reranker, exits, k=args.depth, config=width,
+            runs = rerank_run_exits(first, queries, ds.corpus, reranker, exits, rerank_depth=args.depth, config=width,
                                     batch_tokens=args.batch_tokens, show_progress=False)
             rerank_seconds[0] += time.perf_counter() - rerank_clock
             for layer, run in runs.items():

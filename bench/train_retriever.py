@@ -41,8 +41,9 @@ from nestrank.models.dense import DenseEncoder
 from nestrank.retrieve.dense_index import exact_top_k
 from nestrank.retrieve.encode import Embeddings, encode_corpus
 from nestrank.train.config import load_config, parse_overrides
+from nestrank.train.loop import LOG_FILE, VALIDATION_FILE
 from nestrank.train.mining import mine_to_file
-from nestrank.train.retriever import LOG_FILE, VALIDATION_FILE, train_retriever
+from nestrank.train.retriever import train_retriever
 
 SMOKE_QUERIES = 5
 SMOKE_DEPTH = 10

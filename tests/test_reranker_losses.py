@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 from test_matryoshka import byte_tokenizer, tiny_llama  # noqa: E402
 
 from nestrank.models.matryoshka import MatryoshkaReranker  # noqa: E402
-from nestrank.train.reranker_losses import (  # noqa: E402
+from nestrank.train.losses import (  # noqa: E402
     StudentScores,
     cascaded_self_distillation,
     distillation_kl,

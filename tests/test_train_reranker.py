@@ -25,15 +25,11 @@ from nestrank.errors import ConfigError  # noqa: E402
 from nestrank.models.matryoshka import MatryoshkaReranker  # noqa: E402
 from nestrank.train.batches import GroupBatcher  # noqa: E402
 from nestrank.train.config import config_from_dict, load_config  # noqa: E402
-from nestrank.train.reranker import (  # noqa: E402
-    RerankerTrainer,
-    Student,
-    sample_students,
-    student_options,
-    train_reranker,
-)
-from nestrank.train.reranker_losses import StudentScores, cascaded_self_distillation  # noqa: E402
-from nestrank.train.retriever import load_groups  # noqa: E402
+from nestrank.train.loop import load_groups  # noqa: E402
+from nestrank.train.losses import StudentScores, cascaded_self_distillation  # noqa: E402
+from nestrank.train.matryoshka import MatryoshkaTrainer  # noqa: E402
+from nestrank.train.reranker import train_reranker  # noqa: E402
+from nestrank.train.students import Student, sample_students, student_options  # noqa: E402
 
 WORDS = ["cat", "dog", "sun", "moon", "tree", "river", "stone", "bird", "fish", "rain", "cloud", "fire", "road"]
 CONFIGS = (None, "depth=3", "depth=5,compress=2:0.5", "depth=4,compress=1:0.5;2:0.25")
@@ -96,7 +92,7 @@ DOCS = ["the cat is here, a cat by the road", "moon river stone", "a bird and a 
 def distilled(setup, tmp_path_factory):
     """4 distill steps with LoRA dropout on, checkpoints every 2 steps."""
     out = tmp_path_factory.mktemp("distill")
-    trainer = RerankerTrainer(make_config(setup, out, lora={"dropout": 0.1}, max_steps=4, save_every=2),
+    trainer = MatryoshkaTrainer(make_config(setup, out, lora={"dropout": 0.1}, max_steps=4, save_every=2),
                               progress=False)
     result = trainer.train()
     return trainer, result, out
@@ -157,7 +153,7 @@ def test_student_sampling_is_deterministic_and_valid(setup, tmp_path):
 
 def test_contrastive_loss_goes_down_and_checkpoint_reloads(setup, tmp_path):
     out = tmp_path / "plain"
-    trainer = RerankerTrainer(make_config(setup, out, {"stage": "contrastive", "students_per_step": 0}, max_steps=8),
+    trainer = MatryoshkaTrainer(make_config(setup, out, {"stage": "contrastive", "students_per_step": 0}, max_steps=8),
                               progress=False)
     result = trainer.train()
     losses = [r["loss"] for r in log(out)]
@@ -208,7 +204,7 @@ def test_compensate_trains_only_the_compensation(setup, distilled, tmp_path):
     out = tmp_path / "comp"
     config = make_config(setup, out, {"stage": "compensate", "init": str(distill_result.checkpoint),
                                       "compensation_r": 2, "compensation_alpha": 4, "compensation_factors": [2, 4]})
-    trainer = RerankerTrainer(config, progress=False)
+    trainer = MatryoshkaTrainer(config, progress=False)
     result = trainer.train()
     trained = trainer.reranker
     after = trained.model.state_dict()
@@ -232,7 +228,7 @@ def test_gradient_checkpointing_changes_nothing(setup, distilled, tmp_path, stag
     for checkpointing in (False, True):
         config = make_config(setup, tmp_path / str(checkpointing), {"stage": stage, "init": init}).to_dict()
         config["model"]["gradient_checkpointing"] = checkpointing
-        trainer = RerankerTrainer(config_from_dict(config), progress=False)
+        trainer = MatryoshkaTrainer(config_from_dict(config), progress=False)
         trainer.train()
         runs.append((trainer.reranker, log(tmp_path / str(checkpointing))))
     (plain, plain_log), (checkpointed, checkpointed_log) = runs
@@ -245,7 +241,7 @@ def test_resume_reproduces_the_uninterrupted_run(setup, distilled, tmp_path):
     assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-4").exists()
     config = make_config(setup, tmp_path, lora={"dropout": 0.1}, max_steps=4, save_every=2,
                          resume_from=str(out / "checkpoint-2"))
-    resumed = RerankerTrainer(config, progress=False)
+    resumed = MatryoshkaTrainer(config, progress=False)
     assert resumed.train().steps == 4
     assert [r["step"] for r in log(tmp_path)] == [3, 4]
     assert [r["loss"] for r in log(tmp_path)] == pytest.approx([r["loss"] for r in log(out)[2:]], rel=1e-5)

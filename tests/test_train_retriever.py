@@ -21,7 +21,8 @@ from nestrank.errors import ConfigError  # noqa: E402
 from nestrank.models.dense import DenseEncoder  # noqa: E402
 from nestrank.train.batches import GroupBatcher, holdout  # noqa: E402
 from nestrank.train.config import config_from_dict  # noqa: E402
-from nestrank.train.retriever import RetrieverTrainer, linear_warmup_decay, train_retriever  # noqa: E402
+from nestrank.train.loop import linear_warmup_decay  # noqa: E402
+from nestrank.train.retriever import RetrieverTrainer, train_retriever  # noqa: E402
 
 TEXT_WORDS = [w for w in WORDS if w.isalpha()]
 

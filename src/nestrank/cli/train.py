@@ -16,7 +16,7 @@ import typer
 from nestrank.cli import app
 
 if TYPE_CHECKING:
-    from nestrank.train.retriever import TrainResult
+    from nestrank.train.loop import TrainResult
 
 train_app = typer.Typer(help="Train retrievers and rerankers from a TOML config.", no_args_is_help=True)
 app.add_typer(train_app, name="train")

@@ -200,7 +200,7 @@ class TrainConfig:
 
         Layer numbers are checked against the model when it is loaded.
         """
-        from nestrank.models.matryoshka.config import parse_config
+        from nestrank.models import parse_config
 
         self.validate(where)
         r, m, lo = self.reranker, self.model, self.lora

@@ -19,7 +19,7 @@ import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
-from nestrank.train.losses import gather_with_grad, info_nce, world_size
+from nestrank.train.losses.contrastive import gather_with_grad, info_nce, world_size
 
 if TYPE_CHECKING:
     import torch

@@ -8,8 +8,8 @@ backbone and the head trains in full (``modules_to_save``). Each query's group o
 ``data.group_size`` passages (1 positive + hard negatives, no in-batch negatives) gives
 ``-log softmax(scores / train.temperature)[positive]``. The input is cut to
 ``data.query_max_length + data.passage_max_length`` tokens (``longest_first``: the passage
-first), EOS kept. Loop, schedule, logging, DDP, checkpoints and resume are those of
-:class:`~nestrank.train.reranker.RerankerTrainer` (logged part: ``ce``).
+first), EOS kept (:func:`~nestrank.train.losses.group.group_cross_entropy`; logged part: ``ce``).
+Loop, schedule, logging, DDP, checkpoints and resume are :class:`~nestrank.train.loop.RerankerTrainer`'s.
 
 Checkpoints (``checkpoint-STEP/``, ``final/``) are PEFT adapters in the public RankLLaMA
 layout, which :meth:`PointwiseReranker.from_pretrained` and ``nestrank rerank --model DIR``
@@ -24,11 +24,13 @@ load (``base_model_name_or_path`` is ``model.backbone`` as configured)::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from nestrank.train.backbone import add_lora, enable_gradient_checkpointing
 from nestrank.train.batches import ContrastiveBatch
-from nestrank.train.reranker import RerankerTrainer, Student, load_adapter_weights
-from nestrank.train.retriever import check_lora_targets, enable_gradient_checkpointing
+from nestrank.train.checkpoint import load_adapter_weights
+from nestrank.train.loop import RerankerTrainer
+from nestrank.train.losses.group import group_cross_entropy
 
 if TYPE_CHECKING:
     import torch
@@ -36,7 +38,6 @@ if TYPE_CHECKING:
 
     from nestrank.models.pointwise import PointwiseReranker
     from nestrank.train.config import TrainConfig
-    from nestrank.train.reranker_losses import DistillationLoss
 
 __all__ = ["PointwiseTrainer", "build_pointwise"]
 
@@ -44,22 +45,17 @@ __all__ = ["PointwiseTrainer", "build_pointwise"]
 def build_pointwise(config: TrainConfig, device: str | None = None
                     ) -> tuple[PointwiseReranker, PeftModel, list[torch.nn.Parameter]]:
     """Load ``model.backbone`` as a one-output sequence-classifier with LoRA; returns ``(reranker, peft_model, params)``."""
-    from peft import LoraConfig, get_peft_model
-
     from nestrank.models.backbone import load_backbone
     from nestrank.models.pointwise import PointwiseReranker
 
-    m, d, lo = config.model, config.data, config.lora
+    m, d = config.model, config.data
     model, tokenizer = load_backbone(m.backbone, task="seq-cls", num_labels=1,
                                      dtype="bfloat16" if m.dtype == "bfloat16" else "float32", device=device,
                                      attn_implementation=m.attn_implementation)
     model.requires_grad_(False)
-    check_lora_targets(model, lo.target_modules, m.backbone)
     if m.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    peft_model = get_peft_model(model, LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
-                                                  target_modules=list(lo.target_modules), task_type="SEQ_CLS",
-                                                  modules_to_save=["score"]))
+    peft_model = add_lora(model, config, "SEQ_CLS", modules_to_save=["score"])
     peft_model.peft_config["default"].base_model_name_or_path = m.backbone  # as configured: a preset, path or id
     reranker = PointwiseReranker(peft_model, tokenizer, max_length=d.query_max_length + d.passage_max_length)
     params = [p for p in peft_model.parameters() if p.requires_grad]
@@ -73,23 +69,12 @@ class PointwiseTrainer(RerankerTrainer):
     After :meth:`train`, :attr:`reranker` is the trained reranker (in eval mode).
     """
 
+    label = "train reranker (pointwise)"
     reranker: PointwiseReranker | None
+    _peft_model: PeftModel | None
 
-    def batch_loss(self, batch: ContrastiveBatch, students: list[Student]) -> DistillationLoss:
-        """Group cross-entropy of one micro-batch (``students`` is always empty)."""
-        from nestrank.train.reranker_losses import DistillationLoss, group_cross_entropy
-
-        reranker = self.reranker
-        assert reranker is not None and self.module is not None
-        size = self.config.data.group_size
-        queries = [q for q in batch.queries for _ in range(size)]
-        input_ids, mask = reranker.pad(reranker.encode(queries, batch.passages))
-        with self.accelerator.autocast():
-            scores = self.module(input_ids, mask).view(len(batch.queries), size)
-        loss = group_cross_entropy(scores, self.config.train.temperature)
-        return DistillationLoss(loss, {"ce": float(loss.detach())})
-
-    def _setup(self, device: str) -> tuple[torch.nn.Module, list[torch.nn.Parameter], list[Student]]:
+    def setup(self, device: str) -> tuple[torch.nn.Module, list[torch.nn.Parameter]]:
+        """The reranker (:func:`build_pointwise`) as a pair-scoring module, and its trainable parameters."""
         import torch
 
         reranker, self._peft_model, params = build_pointwise(self.config, device=device)
@@ -103,19 +88,38 @@ class PointwiseTrainer(RerankerTrainer):
             def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
                 return reranker.forward_batch(input_ids, attention_mask)
 
-        return PairScorer(), params, []
+        return PairScorer(), params
 
-    def _finish(self) -> None:
-        assert self.reranker is not None
-        self.reranker.model.eval()
+    def batch_loss(self, batch: ContrastiveBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Group cross-entropy of one micro-batch."""
+        reranker = self.reranker
+        assert reranker is not None and self.module is not None
+        size = self.config.data.group_size
+        queries = [q for q in batch.queries for _ in range(size)]
+        input_ids, mask = reranker.pad(reranker.encode(queries, batch.passages))
+        with self.accelerator.autocast():
+            scores = self.module(input_ids, mask).view(len(batch.queries), size)
+        loss = group_cross_entropy(scores, self.config.train.temperature)
+        return loss, {"ce": float(loss.detach())}
 
-    def _save_model(self, path: Path) -> None:
+    def log_fields(self) -> dict[str, Any]:
+        """No students (the field keeps the reranker trainers' log layout)."""
+        return {"students": []}
+
+    def save_model(self, path: Path, state: Any) -> None:
+        """The adapter with the score head (RankLLaMA layout), the tokenizer and ``nestrank.json``."""
         reranker, peft_model = self.reranker, self._peft_model
         assert reranker is not None and peft_model is not None
         peft_model.save_pretrained(path, safe_serialization=True, save_embedding_layers=False)
         reranker.tokenizer.save_pretrained(path)
         reranker.save_settings(path)
 
-    def _load_model(self, path: Path) -> None:
+    def load_model(self, path: Path) -> None:
+        """The adapter (and score head) of checkpoint ``path``."""
         assert self._peft_model is not None
         load_adapter_weights(self._peft_model, path, path)
+
+    def finish(self) -> None:
+        """The trained reranker in eval mode."""
+        assert self.reranker is not None
+        self.reranker.model.eval()

@@ -1,4 +1,4 @@
-"""Contrastive losses for bi-encoders, and gathering embeddings across processes.
+"""The retriever's contrastive loss (InfoNCE with in-batch negatives), and gathering embeddings across processes.
 
 Layout of a contrastive batch: ``q`` holds ``B`` query embeddings; ``p`` holds ``B * G``
 passage embeddings, the ``G`` passages of query ``i`` at rows ``i*G .. i*G+G-1`` with the

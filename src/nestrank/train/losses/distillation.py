@@ -1,10 +1,7 @@
-"""Losses for reranker training: group contrast and cascaded self-distillation.
+"""Matryoshka distillation: cascaded self-distillation of sampled students from full-width teachers.
 
-Layout: scores of one batch are ``(B, G)``, query ``i``'s group of ``G`` candidates in row
-``i`` with the positive in column 0 and ``G - 1`` hard negatives after it (RankLLaMA's
-recipe: no in-batch negatives, since a cross-encoder scores each pair separately).
-
-Cascaded self-distillation (Matryoshka Re-Ranker, section 3.2, Eq. 9) as implemented here.
+Cascaded self-distillation (Matryoshka Re-Ranker, section 3.2, Eq. 9) as implemented here, on
+group scores ``(B, G)`` with the positive in column 0 (:mod:`nestrank.train.losses.group`).
 Teachers ``T`` are full-width exits at chosen layers, read from one pass; students ``S`` are
 sampled sub-structures (an exit layer and a width configuration). With ``p_x`` the softmax
 of structure ``x``'s group scores divided by the temperature ``tau``, ``sg`` a stop-gradient
@@ -24,34 +21,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from nestrank.train.losses.group import check_group_scores, group_cross_entropy
+
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DistillationLoss", "StudentScores", "cascaded_self_distillation", "distillation_kl", "group_cross_entropy"]
-
-
-def _check_groups(name: str, scores: torch.Tensor) -> None:
-    if scores.dim() != 2 or scores.shape[1] < 2:
-        raise ValueError(f"{name}: expected group scores (B, G) with G >= 2, got shape {tuple(scores.shape)}")
-
-
-def group_cross_entropy(scores: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """Mean over queries of ``-log softmax(scores / temperature)[:, 0]`` (positive in column 0), in fp32."""
-    import torch
-    import torch.nn.functional as F
-
-    _check_groups("group_cross_entropy", scores)
-    if temperature <= 0:
-        raise ValueError(f"temperature must be positive, got {temperature}")
-    target = torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device)
-    return F.cross_entropy(scores.float() / temperature, target)
+__all__ = ["DistillationLoss", "StudentScores", "cascaded_self_distillation", "distillation_kl"]
 
 
 def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Mean over queries of ``KL(sg(p_teacher) || p_student)`` over each group, in fp32 (no gradient to the teacher)."""
     import torch.nn.functional as F
 
-    _check_groups("distillation_kl student", student)
+    check_group_scores("distillation_kl student", student)
     if teacher.shape != student.shape:
         raise ValueError(f"teacher scores {tuple(teacher.shape)} do not match student scores {tuple(student.shape)}")
     if temperature <= 0:
