@@ -9,8 +9,10 @@ import pytest
 from test_encode import HashEncoder, make_corpus
 
 from nestrank.errors import ConfigError, DataFormatError
-from nestrank.retrieve.dense_index import DenseIndex, IndexConfig
-from nestrank.retrieve.encode import Embeddings, encode_corpus
+from nestrank.retrieve.config import IndexConfig
+from nestrank.retrieve.dense_index import DenseIndex
+from nestrank.retrieve.embeddings import Embeddings
+from nestrank.retrieve.encode import encode_corpus
 from nestrank.retrieve.index import open_index
 
 DIM = 16
@@ -138,14 +140,14 @@ def test_hybrid_index_fuses_bm25_and_dense_runs(tmp_path, emb4, corpus):
     from nestrank.retrieve.dense_index import HybridIndex
     from nestrank.retrieve.fusion import reciprocal_rank_fusion
 
-    HybridIndex.build(corpus, emb4, tmp_path / "hyb", rrf_k=30, depth=50)
+    HybridIndex.build(corpus, emb4, tmp_path / "hyb", rrf_k=30, fusion_depth=50)
     hybrid = open_index(tmp_path / "hyb")
     assert isinstance(hybrid, HybridIndex) and hybrid.num_docs == 600
     texts = {"a": "text number 17 title", "b": corpus["d42"].full_text}
     run = hybrid.search(texts, k=10, encoder=HashEncoder(DIM))
     bm25 = BM25Index.build(corpus).search(texts, 50)
     dense = DenseIndex.load(tmp_path / "hyb" / "dense").search(texts, 50, encoder=HashEncoder(DIM))
-    expected = reciprocal_rank_fusion([bm25, dense], k=30, depth=10)
+    expected = reciprocal_rank_fusion([bm25, dense], rrf_k=30, k=10)
     assert run.to_dict() == expected.to_dict()
     assert run.doc_ids("b")[0] == "d42"
     with pytest.raises(ConfigError, match="not encoded from this corpus"):
