@@ -78,3 +78,9 @@ def test_fuse_dispatch_and_bad_input() -> None:
         linear_fusion([A, B], norm="softmax")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="RRF k"):
         reciprocal_rank_fusion([A], rrf_k=-1)
+    for method in ("rrf", "linear"):
+        with pytest.raises(ConfigError, match="must be at least 1, got 0"):
+            fuse([A, B], method, k=0)
+        assert all(len(ranked) == 1 for ranked in fuse([A, B], method, k=1).values())
+    with pytest.raises(TypeError):  # the old positional RRF constant fails loudly instead of meaning a cut
+        reciprocal_rank_fusion([A], 60)

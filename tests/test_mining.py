@@ -130,3 +130,35 @@ def test_mine_command(tiny_beir, tmp_path, monkeypatch, capsys):
     code, _, err = _cli(monkeypatch, capsys, "mine", "--dataset", tiny_beir, "--run", run_a, "--rank-window", "9",
                         "--out", out)
     assert code == 2 and "bad rank window" in err
+
+
+def test_mine_command_deprecated_depth_and_unknown_query(tiny_beir, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "a.run"
+    Run({"q3": [("d5", 9.0), ("d1", 8.0), ("d2", 7.0), ("d3", 6.0)]}).write_trec(run)
+    common = ["mine", "--dataset", tiny_beir, "--split", "train", "--run", run, "--negatives", "2"]
+    code, stdout, err = _cli(monkeypatch, capsys, *common, "--rank-window", "1:3", "--out", tmp_path / "new.jsonl")
+    assert code == 0, err
+    assert "deprecated" not in err
+    code, old_stdout, err = _cli(monkeypatch, capsys, *common, "--depth", "1:3", "--out", tmp_path / "old.jsonl")
+    assert code == 0, err
+    assert "warning: --depth is deprecated and will be removed; use --rank-window" in err.splitlines()
+    assert (tmp_path / "old.jsonl").read_text() == (tmp_path / "new.jsonl").read_text()
+    assert [d.id for d in next(read_groups(tmp_path / "new.jsonl")).negatives] == ["d1", "d2"]  # ranks 2..3
+    code, _, err = _cli(monkeypatch, capsys, *common, "--depth", "1:3", "--rank-window", "0:3", "--out", tmp_path / "x")
+    assert code == 2 and "give --rank-window only" in err
+    code, help_text, _ = _cli(monkeypatch, capsys, "mine", "--help")
+    assert "--rank-window" in help_text and "--depth" not in help_text
+    # A queries file without a judged query: a one-line nestrank error (it was a KeyError the CLI caught).
+    (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "why do cats purr"}\n')
+    code, _, err = _cli(monkeypatch, capsys, *common, "--queries", tmp_path / "queries.jsonl", "--out", tmp_path / "y")
+    assert code == 2 and err.startswith("error: unknown query id 'q3'")
+
+
+def test_mine_python_depth_is_a_deprecated_name_of_rank_window(tmp_path):
+    corpus, queries, qrels, run = _setup()
+    new = mine_to_file(tmp_path / "new.jsonl", [run], qrels, queries, corpus, rank_window=(2, 12), negatives=3)
+    with pytest.warns(DeprecationWarning, match="use rank_window"):
+        old = mine_to_file(tmp_path / "old.jsonl", [run], qrels, queries, corpus, depth=(2, 12), negatives=3)
+    assert old == new and (tmp_path / "old.jsonl").read_text() == (tmp_path / "new.jsonl").read_text()
+    with pytest.raises(ConfigError, match="give rank_window only"):
+        mine_to_file(tmp_path / "x.jsonl", [run], qrels, queries, corpus, rank_window=(0, 5), depth=(2, 12))
