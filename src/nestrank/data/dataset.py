@@ -52,7 +52,7 @@ class Dataset:
 
     def open_corpus(self, on_empty: OnEmpty = "error") -> Corpus:
         """Open the corpus file afresh (see :meth:`Corpus.open` for ``on_empty``)."""
-        return Corpus.open(self._required(self.corpus_path, "corpus", "--corpus FILE"), on_empty=on_empty)
+        return Corpus.open(_required(self.corpus_path, "corpus", "--corpus FILE"), on_empty=on_empty)
 
     @cached_property
     def corpus(self) -> Corpus:
@@ -62,7 +62,7 @@ class Dataset:
     @cached_property
     def queries(self) -> Queries:
         """All queries (read on first access)."""
-        return Queries.read(self._required(self.queries_path, "queries", "--queries FILE"))
+        return Queries.read(_required(self.queries_path, "queries", "--queries FILE"))
 
     @property
     def splits(self) -> list[str]:
@@ -83,8 +83,9 @@ class Dataset:
         qrels.check_ids(queries=self.queries)
         return self.queries.subset(set(qrels))
 
-    def _required(self, path: Path | None, part: str, flag: str) -> Path:
-        if path is None:
-            raise ConfigError(f"the dataset has no {part} file (fix: give one: Python {part}_path=..., "
-                              f"command line {flag} or --dataset DIR)")
-        return path
+
+def _required(path: Path | None, part: str, flag: str) -> Path:
+    if path is None:
+        raise ConfigError(f"the dataset has no {part} file (fix: give one: Python {part}_path=..., "
+                          f"command line {flag} or --dataset DIR)")
+    return path

@@ -1,10 +1,11 @@
 """Index directories: a ``manifest.json`` that names the method, and the files the method needs.
 
 Every index nestrank writes is a directory holding a ``manifest.json`` (see
-:mod:`nestrank.retrieve.manifest`) plus whatever files the method needs. :func:`open_index` reads the manifest and hands the
-directory to the class registered for its ``method`` in :data:`INDEX_TYPES`. To add a method
-(dense FAISS, hybrid, ...), write a class with ``load(path, mmap=...)`` and
-``search(queries, k, threads=...)`` (see :class:`SearchIndex`) and add one line to :data:`INDEX_TYPES`.
+:mod:`nestrank.retrieve.manifest`) plus whatever files the method needs. :func:`open_index`
+reads the manifest and hands the directory to the class registered for its ``method`` in
+:data:`INDEX_TYPES`. To add a method, write a class with ``load(path, mmap=...)`` and
+``search(queries, k, threads=...)`` (see :class:`SearchIndex`) and add one line to
+:data:`INDEX_TYPES`.
 
 Indexes are built in a temporary sibling directory and renamed into place only when
 complete (:func:`staged_index_dir`), so a crash never leaves a half-written index.
