@@ -25,7 +25,8 @@ import numpy as np
 from nestrank.data import Dataset, Run
 from nestrank.evaluate.metrics import evaluate
 from nestrank.models.dense import DenseEncoder
-from nestrank.retrieve.dense_index import DenseIndex, HybridIndex, IndexConfig
+from nestrank.retrieve.config import IndexConfig
+from nestrank.retrieve.dense_index import DenseIndex, HybridIndex
 from nestrank.retrieve.encode import encode_corpus
 
 
@@ -89,7 +90,7 @@ def main() -> None:
             result[f"{name}.recall@100_vs_flat"] = round(overlap_at_k(ids, flat_ids, 100), 4)
 
     start = time.perf_counter()
-    hybrid = HybridIndex.build(corpus, work / "emb", work / "hybrid.idx", rrf_k=60, depth=1000)
+    hybrid = HybridIndex.build(corpus, work / "emb", work / "hybrid.idx", rrf_k=60, fusion_depth=1000)
     result["hybrid.build_s"] = round(time.perf_counter() - start, 1)
     bm25_run = hybrid.bm25.search(queries, 100)
     for metric, value in evaluate(bm25_run, qrels, ["nDCG@10", "R@100"]).items():

@@ -39,7 +39,8 @@ from nestrank.data import Corpus, Dataset, Qrels, Queries, Run
 from nestrank.evaluate import evaluate
 from nestrank.models.dense import DenseEncoder
 from nestrank.retrieve.dense_index import exact_top_k
-from nestrank.retrieve.encode import Embeddings, encode_corpus
+from nestrank.retrieve.embeddings import Embeddings
+from nestrank.retrieve.encode import encode_corpus
 from nestrank.train.config import load_config, parse_overrides
 from nestrank.train.loop import LOG_FILE, VALIDATION_FILE
 from nestrank.train.mining import mine_to_file

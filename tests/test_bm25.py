@@ -10,7 +10,8 @@ import pytest
 from nestrank.data import Corpus, Document
 from nestrank.errors import ConfigError, DataFormatError
 from nestrank.retrieve import BM25Index, open_index
-from nestrank.retrieve.index import INDEX_TYPES, read_manifest, staged_index_dir, write_manifest
+from nestrank.retrieve.index import INDEX_TYPES, staged_index_dir
+from nestrank.retrieve.manifest import read_manifest, write_manifest
 
 DOCS = [
     Document("d1", "Cats purr when they are happy.", "Cats"),

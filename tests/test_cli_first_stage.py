@@ -106,6 +106,8 @@ def test_fuse_and_compare_table(run_cli, tiny_beir: Path, tmp_path: Path) -> Non
     (["evaluate", "--dataset", "DATA", "GOOD", "--test", "magic"], "unknown significance test"),
     (["fuse", "GOOD", "GOOD", "--out", "RUN", "--weights", "1,x"], "--weights must be comma-separated numbers"),
     (["fuse", "GOOD", "--out", "RUN", "--method", "borda"], "unknown fusion method 'borda'"),
+    (["fuse", "GOOD", "GOOD", "--out", "RUN", "--k", "0"], "must be at least 1"),
+    (["mine", "--run", "GOOD", "--qrels", "QRELS", "--out", "RUN"], "the dataset has no queries file"),
 ])
 def test_bad_input_exits_2_with_a_message(run_cli, tiny_beir: Path, tmp_path: Path, args, message) -> None:
     idx = tmp_path / "idx"
@@ -113,11 +115,23 @@ def test_bad_input_exits_2_with_a_message(run_cli, tiny_beir: Path, tmp_path: Pa
     (tmp_path / "good.run").write_text("q1 Q0 d1 1 2.0 t\n")
     (tmp_path / "bad.run").write_text("q1 Q0 d1 1 2.0 t\nq1 Q0 d2 2\n")
     names = {"DATA": tiny_beir, "IDX": idx, "RUN": tmp_path / "out.run", "NOWHERE": tmp_path / "nowhere",
-             "GOOD": tmp_path / "good.run", "BAD": tmp_path / "bad.run"}
+             "GOOD": tmp_path / "good.run", "BAD": tmp_path / "bad.run", "QRELS": tiny_beir / "qrels" / "test.tsv"}
     code, out, err = run_cli(*[names.get(a, a) for a in args])
     assert code == 2
     assert message in err and out == ""
     assert not (tmp_path / "out.run").exists()
+
+
+def test_a_bug_is_not_reported_as_a_user_error(run_cli, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import nestrank.retrieve.fusion
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug deep inside")
+
+    monkeypatch.setattr(nestrank.retrieve.fusion, "fuse", broken)
+    Run({"q1": [("d1", 1.0)]}).write_trec(tmp_path / "a.run")
+    with pytest.raises(KeyError, match="a bug deep inside"):  # a traceback, not "error: ..." and exit 2
+        run_cli("fuse", tmp_path / "a.run", "--out", tmp_path / "f.run")
 
 
 def test_index_refuses_to_overwrite_a_non_index_folder(run_cli, tiny_beir: Path, tmp_path: Path) -> None:

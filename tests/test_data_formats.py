@@ -10,7 +10,7 @@ import pytest
 
 from nestrank.data import Corpus, Dataset, Document, Qrels, Queries, Run
 from nestrank.data.corpus import write_corpus
-from nestrank.errors import DataFormatError
+from nestrank.errors import ConfigError, DataFormatError, NestrankError
 
 
 def write(path: Path, text: str | bytes) -> Path:
@@ -101,6 +101,16 @@ def test_corpus_streams_and_seeks(tiny_beir):
     assert next(corpus.texts()) == "Cats Cats purr when they are happy."
     with pytest.raises(KeyError, match="unknown document id"):
         corpus["d9"]
+
+
+def test_unknown_ids_are_nestrank_errors_and_still_key_errors(tiny_beir):
+    corpus, queries = Corpus.open(tiny_beir / "corpus.jsonl"), Queries.read(tiny_beir / "queries.jsonl")
+    for lookup in (lambda: corpus["d9"], lambda: corpus.get_many(["d1", "d9"]), lambda: queries["q9"]):
+        with pytest.raises(NestrankError) as info:
+            lookup()
+        assert isinstance(info.value, KeyError)  # Mapping semantics: `in`, .get() and except KeyError keep working
+        assert str(info.value).startswith("unknown ") and not str(info.value).startswith("'")
+    assert "q9" not in queries and queries.get("q9") is None and queries.get("q1") == "why do cats purr"
 
 
 def test_msmarco_collection_tsv(tmp_path):
@@ -272,3 +282,17 @@ def test_dataset_from_msmarco_files(tmp_path):
     assert ds.qrels("dev").to_dict() == {"100": {"0": 1}}
     assert len(ds.corpus) == 2
     assert json.loads(json.dumps(ds.qrels("dev").to_dict()))  # plain types
+
+
+def test_dataset_parts_are_optional_and_missing_ones_fail_clearly(tiny_beir):
+    only_qrels = Dataset.from_files(qrels={"test": tiny_beir / "qrels" / "test.tsv"})
+    assert only_qrels.corpus_path is None and only_qrels.queries_path is None
+    assert only_qrels.qrels("test").to_dict()["q1"] == {"d1": 1}
+    with pytest.raises(ConfigError, match="no corpus file"):
+        len(only_qrels.corpus)
+    with pytest.raises(ConfigError, match="no queries file"):
+        only_qrels.split_queries("test")
+    only_corpus = Dataset(corpus_path=tiny_beir / "corpus.jsonl")
+    assert len(only_corpus.corpus) == 5 and only_corpus.open_corpus() is not only_corpus.corpus
+    with pytest.raises(ConfigError, match="no queries file"):
+        len(only_corpus.queries)

@@ -6,11 +6,13 @@ import json
 
 import numpy as np
 import pytest
-from test_encode import HashEncoder, make_corpus
+from test_encode import HashEncoder, make_corpus, write_corpus_file
 
 from nestrank.errors import ConfigError, DataFormatError
-from nestrank.retrieve.dense_index import DenseIndex, IndexConfig
-from nestrank.retrieve.encode import Embeddings, encode_corpus
+from nestrank.retrieve.config import IndexConfig
+from nestrank.retrieve.dense_index import DenseIndex
+from nestrank.retrieve.embeddings import Embeddings
+from nestrank.retrieve.encode import encode_corpus
 from nestrank.retrieve.index import open_index
 
 DIM = 16
@@ -138,20 +140,61 @@ def test_hybrid_index_fuses_bm25_and_dense_runs(tmp_path, emb4, corpus):
     from nestrank.retrieve.dense_index import HybridIndex
     from nestrank.retrieve.fusion import reciprocal_rank_fusion
 
-    HybridIndex.build(corpus, emb4, tmp_path / "hyb", rrf_k=30, depth=50)
+    HybridIndex.build(corpus, emb4, tmp_path / "hyb", rrf_k=30, fusion_depth=50)
     hybrid = open_index(tmp_path / "hyb")
     assert isinstance(hybrid, HybridIndex) and hybrid.num_docs == 600
     texts = {"a": "text number 17 title", "b": corpus["d42"].full_text}
     run = hybrid.search(texts, k=10, encoder=HashEncoder(DIM))
     bm25 = BM25Index.build(corpus).search(texts, 50)
     dense = DenseIndex.load(tmp_path / "hyb" / "dense").search(texts, 50, encoder=HashEncoder(DIM))
-    expected = reciprocal_rank_fusion([bm25, dense], k=30, depth=10)
+    expected = reciprocal_rank_fusion([bm25, dense], rrf_k=30, k=10)
     assert run.to_dict() == expected.to_dict()
     assert run.doc_ids("b")[0] == "d42"
     with pytest.raises(ConfigError, match="not encoded from this corpus"):
         HybridIndex.build(make_corpus(599), emb4, tmp_path / "bad")
     with pytest.raises(DataFormatError, match="'hybrid', not 'dense'"):
         DenseIndex.load(tmp_path / "hyb")
+
+
+def test_the_library_builds_what_the_cli_builds(tmp_path, capsys, monkeypatch):
+    from dataclasses import asdict
+
+    from test_cli_first_stage import cli
+
+    from nestrank.data import Corpus
+    from nestrank.retrieve import BM25Index, IndexConfig, build_vector_index, read_manifest
+
+    corpus_file = write_corpus_file(tmp_path / "corpus.jsonl", 120)
+    emb = tmp_path / "emb"
+    encode_corpus(Corpus.open(corpus_file), HashEncoder(DIM), emb, num_shards=2, model="hash-encoder")
+    built = build_vector_index("hybrid", tmp_path / "lib", Corpus.open(corpus_file), embeddings=emb, fusion_depth=7)
+    assert built.num_docs == 120
+    code, _, err = cli(capsys, monkeypatch, "index", "--method", "hybrid", "--corpus", corpus_file, "--embeddings", emb,
+                       "--fusion-depth", "7", "--out", tmp_path / "cli")
+    assert code == 0 and "deprecated" not in err, err
+    code, _, err = cli(capsys, monkeypatch, "index", "--method", "hybrid", "--corpus", corpus_file, "--embeddings", emb,
+                       "--depth", "7", "--out", tmp_path / "old")
+    assert code == 0 and "warning: --depth is deprecated and will be removed; use --fusion-depth" in err.splitlines()
+    for part in ("", "bm25", "dense"):
+        lib, *others = [read_manifest(tmp_path / name / part) for name in ("lib", "cli", "old")]
+        assert all(other["params"] == lib["params"] for other in others), part
+    params = read_manifest(tmp_path / "lib")["params"]
+    assert params["depth"] == 7 and params["rrf_k"] == 60
+    assert read_manifest(tmp_path / "cli" / "dense")["params"]["faiss"] == asdict(IndexConfig())  # one set of defaults
+    assert read_manifest(tmp_path / "cli" / "bm25")["params"] == BM25Index.build(Corpus.open(corpus_file)).params
+    code, _, err = cli(capsys, monkeypatch, "index", "--method", "hybrid", "--corpus", corpus_file, "--embeddings", emb,
+                       "--depth", "7", "--fusion-depth", "8", "--out", tmp_path / "both")
+    assert code == 2 and "give --fusion-depth only" in err
+    with pytest.raises(ConfigError, match="needs embeddings or a model"):
+        build_vector_index("dense", tmp_path / "x")
+    with pytest.raises(ConfigError, match="needs the corpus"):
+        build_vector_index("hybrid", tmp_path / "x", embeddings=emb)
+    with pytest.raises(ConfigError, match="unknown vector index method 'bm25'"):
+        build_vector_index("bm25", tmp_path / "x", embeddings=emb)
+    with pytest.raises(DataFormatError, match="holds nestrank embeddings, not a nestrank index"):
+        open_index(emb)
+    with pytest.raises(DataFormatError, match="holds a nestrank index, not nestrank embeddings"):
+        Embeddings(tmp_path / "lib")
 
 
 def test_cli_encode_index_and_search_dense_and_hybrid(tmp_path, tiny_beir, capsys, monkeypatch):
@@ -200,3 +243,9 @@ def test_cli_encode_index_and_search_dense_and_hybrid(tmp_path, tiny_beir, capsy
     code, _, err = cli(capsys, monkeypatch, "encode", "--dataset", tiny_beir, "--model", model, "--preset", "repllama",
                        "--out", emb, "--num-shards", "2", "--dtype", "float32")
     assert code == 0 and "complete" in err and "Loading weights" not in err  # nothing left to do
+    from nestrank.retrieve import read_manifest, run_encoding
+
+    done = run_encoding(Dataset.open(tiny_beir).corpus, emb, model, preset="repllama", num_shards=2, dtype="float32")
+    assert done == read_manifest(emb) and done["complete"]  # what `nestrank encode` did, from Python
+    with pytest.raises(ConfigError, match="unknown engine 'spark'"):
+        run_encoding(Dataset.open(tiny_beir).corpus, tmp_path / "e2", model, engine="spark")

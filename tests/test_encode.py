@@ -17,7 +17,9 @@ import pytest
 
 from nestrank.data import Corpus, Document
 from nestrank.errors import ConfigError, DataFormatError
-from nestrank.retrieve.encode import Embeddings, encode_corpus, read_manifest, shard_ranges
+from nestrank.retrieve.embeddings import Embeddings, shard_ranges
+from nestrank.retrieve.encode import encode_corpus
+from nestrank.retrieve.manifest import read_manifest
 
 
 class HashEncoder:

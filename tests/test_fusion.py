@@ -15,7 +15,7 @@ B = Run({"q1": [("c", 0.9), ("d", 0.5)], "q3": [("y", 3.0), ("z", 1.0)]})
 
 
 def test_rrf_hand_computed() -> None:
-    fused = reciprocal_rank_fusion([A, B], k=60)
+    fused = reciprocal_rank_fusion([A, B], rrf_k=60)
     scores = dict(fused["q1"])
     assert scores["a"] == pytest.approx(1 / 61)
     assert scores["c"] == pytest.approx(1 / 63 + 1 / 61)
@@ -26,7 +26,7 @@ def test_rrf_hand_computed() -> None:
 
 
 def test_rrf_weights_and_depth() -> None:
-    fused = reciprocal_rank_fusion([A, B], k=1, weights=[1.0, 0.0], depth=2)
+    fused = reciprocal_rank_fusion([A, B], rrf_k=1, weights=[1.0, 0.0], k=2)
     assert fused.doc_ids("q1") == ["a", "b"]
     assert dict(fused["q1"])["a"] == pytest.approx(1 / 2)
     heavy_b = reciprocal_rank_fusion([A, B], weights=[0.1, 1.0])
@@ -77,4 +77,10 @@ def test_fuse_dispatch_and_bad_input() -> None:
     with pytest.raises(ConfigError, match="unknown score normalisation"):
         linear_fusion([A, B], norm="softmax")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="RRF k"):
-        reciprocal_rank_fusion([A], k=-1)
+        reciprocal_rank_fusion([A], rrf_k=-1)
+    for method in ("rrf", "linear"):
+        with pytest.raises(ConfigError, match="must be at least 1, got 0"):
+            fuse([A, B], method, k=0)
+        assert all(len(ranked) == 1 for ranked in fuse([A, B], method, k=1).values())
+    with pytest.raises(TypeError):  # the old positional RRF constant fails loudly instead of meaning a cut
+        reciprocal_rank_fusion([A], 60)

@@ -10,7 +10,9 @@ pytest.importorskip("transformers")
 from test_backbone import make_tiny_llama  # noqa: E402
 from test_encode import make_corpus  # noqa: E402
 
-from nestrank.retrieve.encode import Embeddings, EncoderSpec, encode_corpus, encode_corpus_ray, read_manifest  # noqa: E402
+from nestrank.retrieve.embeddings import Embeddings  # noqa: E402
+from nestrank.retrieve.encode import EncoderSpec, encode_corpus, encode_corpus_ray  # noqa: E402
+from nestrank.retrieve.manifest import read_manifest  # noqa: E402
 
 
 @pytest.mark.ray

@@ -38,3 +38,14 @@ class DataFormatError(NestrankError, ValueError):
 
 class ConfigError(NestrankError, ValueError):
     """A configuration value or string is invalid."""
+
+
+class UnknownIdError(NestrankError, KeyError):
+    """A query or document id is not in the queries or corpus it was looked up in.
+
+    A :class:`KeyError`, so ``Mapping`` semantics hold (``in``, ``.get``); its message prints
+    without the quotes ``KeyError`` adds.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""

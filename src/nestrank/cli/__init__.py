@@ -19,16 +19,17 @@ app = typer.Typer(
 
 
 def main() -> None:
-    """Entry point of the ``nestrank`` script: user errors print one line, exit code 2."""
+    """Entry point of the ``nestrank`` script: user errors print one line, exit code 2.
+
+    User errors are nestrank's own (:class:`~nestrank.errors.NestrankError`) and click's
+    usage errors; anything else is a bug and keeps its traceback.
+    """
     from nestrank.cli import commands  # noqa: F401  (registers the commands)
     from nestrank.errors import NestrankError
 
     try:
         app(standalone_mode=False)
     except NestrankError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        raise SystemExit(2) from None
-    except (FileNotFoundError, KeyError) as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         raise SystemExit(2) from None
     except typer.Exit as exc:

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+
+if TYPE_CHECKING:
+    from nestrank.data import Dataset
+
+T = TypeVar("T")
 
 DatasetOpt = Annotated[
     str | None,
@@ -19,27 +24,66 @@ SplitOpt = Annotated[str, typer.Option("--split", help="Dataset split whose qrel
 
 
 def open_dataset(dataset: str | None, corpus: Path | None = None, queries: Path | None = None,
-                 qrels: Path | None = None, split: str = "test"):
+                 qrels: Path | None = None, split: str = "test") -> Dataset:
     """Build a :class:`~nestrank.data.Dataset` from ``--dataset`` or explicit files.
 
     Explicit files override the dataset's own. With explicit ``--qrels`` the file becomes
-    the qrels of ``split``.
+    the qrels of ``split``. A part given neither way fails when a command uses it.
     """
     from nestrank.data import Dataset
     from nestrank.errors import ConfigError
 
+    if dataset is None and corpus is None and queries is None and qrels is None:
+        raise ConfigError("give --dataset DIR, or explicit --corpus/--queries/--qrels files")
     if dataset is not None:
         from nestrank.data.download import resolve_dataset
 
         ds = Dataset.open(resolve_dataset(dataset))
-        if corpus is not None:
-            ds.corpus_path = corpus
-        if queries is not None:
-            ds.queries_path = queries
     else:
-        if corpus is None and queries is None and qrels is None:
-            raise ConfigError("give --dataset DIR, or explicit --corpus/--queries/--qrels files")
-        ds = Dataset(corpus or Path("<no corpus given: pass --corpus>"), queries or Path("<no queries given: pass --queries>"))
+        ds = Dataset()
+    if corpus is not None:
+        ds.corpus_path = corpus
+    if queries is not None:
+        ds.queries_path = queries
     if qrels is not None:
         ds.qrels_paths[split] = qrels
     return ds
+
+
+def library_option(flag: str, help: str, default: object) -> Any:
+    """An option that defaults to ``None``: unset, the library's ``default`` holds (``--help`` shows it)."""
+    return typer.Option(flag, help=help, show_default="none" if default is None else str(default))
+
+
+def deprecated_option(flag: str, replacement: str) -> Any:
+    """A hidden option kept as the old name of ``replacement`` (read it with :func:`renamed`)."""
+    return typer.Option(flag, hidden=True, help=f"Deprecated: use {replacement}.")
+
+
+def given(**options: Any) -> dict[str, Any]:
+    """The options the user gave (not ``None``): unset ones are left to the library's defaults."""
+    return {name: value for name, value in options.items() if value is not None}
+
+
+def parse_weights(text: str | None, flag: str = "--weights") -> list[float] | None:
+    """Comma-separated numbers (``"0.5,0.5"``), or ``None`` when the option was not given."""
+    from nestrank.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return [float(w) for w in text.split(",")]
+    except ValueError:
+        raise ConfigError(f"{flag} must be comma-separated numbers, e.g. 0.5,0.5, got {text!r}") from None
+
+
+def renamed(value: T | None, old_value: T | None, flag: str, old_flag: str) -> T | None:
+    """The value of ``flag``, or of its deprecated hidden alias ``old_flag`` (with a one-line warning on stderr)."""
+    from nestrank.errors import ConfigError
+
+    if old_value is None:
+        return value
+    if value is not None:
+        raise ConfigError(f"give {flag} only ({old_flag} is its deprecated name)")
+    typer.secho(f"warning: {old_flag} is deprecated and will be removed; use {flag}", fg=typer.colors.YELLOW, err=True)
+    return old_value

@@ -9,7 +9,17 @@ from typing import Annotated
 import typer
 
 from nestrank.cli import app
-from nestrank.cli.common import CorpusOpt, DatasetOpt, QrelsOpt, QueriesOpt, open_dataset
+from nestrank.cli.common import (
+    CorpusOpt,
+    DatasetOpt,
+    QrelsOpt,
+    QueriesOpt,
+    deprecated_option,
+    given,
+    open_dataset,
+    parse_weights,
+    renamed,
+)
 
 
 @app.command("mine")
@@ -24,30 +34,28 @@ def mine_command(
     qrels: QrelsOpt = None,
     split: Annotated[str, typer.Option("--split", help="Split whose judged queries get groups.")] = "train",
     weights: Annotated[str | None, typer.Option("--weights", help="Comma-separated fusion weights, one per --run.")] = None,
-    depth: Annotated[str, typer.Option("--depth", help="Rank window START:END to sample from (ranks START+1..END); "
-                                       "10:100 skips the top 10.")] = "0:100",
+    rank_window: Annotated[str | None, typer.Option("--rank-window", help="Rank window START:END to sample from "
+                                                    "(ranks START+1..END); 10:100 skips the top 10.",
+                                                    show_default="0:100")] = None,
     negatives: Annotated[int, typer.Option("--negatives", "-n", help="Negatives per query.")] = 15,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (per query: seed and query id).")] = 0,
     fmt: Annotated[str, typer.Option("--format", help="tevatron-passages, tevatron-ids or flagembedding.")]
         = "tevatron-passages",
+    depth: Annotated[str | None, deprecated_option("--depth", "--rank-window")] = None,
 ) -> None:
     """Sample hard negatives (never a judged positive) from run(s) and write training groups."""
     from nestrank.data import Run
     from nestrank.errors import ConfigError
-    from nestrank.train.mining import mine_to_file, parse_depth
+    from nestrank.train.mining import mine_to_file, parse_rank_window
 
-    window = parse_depth(depth)
-    weight_list = None
-    if weights is not None:
-        try:
-            weight_list = [float(w) for w in weights.split(",")]
-        except ValueError:
-            raise ConfigError(f"--weights {weights!r}: give comma-separated numbers, e.g. 0.5,0.5") from None
-        if len(weight_list) != len(runs):
-            raise ConfigError(f"--weights has {len(weight_list)} values for {len(runs)} --run files: give one per run")
+    window = renamed(rank_window, depth, "--rank-window", "--depth")
+    options = given(rank_window=None if window is None else parse_rank_window(window))
+    weight_list = parse_weights(weights)
+    if weight_list is not None and len(weight_list) != len(runs):
+        raise ConfigError(f"--weights has {len(weight_list)} values for {len(runs)} --run files: give one per run")
     ds = open_dataset(dataset, corpus, queries, qrels, split)
     stats = mine_to_file(out, [Run.read(path) for path in runs], ds.qrels(split), ds.queries, ds.corpus,
-                         weights=weight_list, depth=window, negatives=negatives, seed=seed, fmt=fmt)
+                         weights=weight_list, negatives=negatives, seed=seed, fmt=fmt, **options)
     typer.echo(stats.summary(), err=True)
     typer.echo(json.dumps({"out": str(out), "groups": stats.groups, "short": len(stats.short),
                            "skipped": len(stats.no_positive) + len(stats.not_in_run)}))

@@ -12,9 +12,22 @@ from typing import Annotated
 import typer
 
 from nestrank.cli import app
-from nestrank.cli.common import CorpusOpt, DatasetOpt, QueriesOpt, SplitOpt, open_dataset
+from nestrank.cli.common import (
+    CorpusOpt,
+    DatasetOpt,
+    QueriesOpt,
+    SplitOpt,
+    deprecated_option,
+    given,
+    library_option,
+    open_dataset,
+    parse_weights,
+    renamed,
+)
+from nestrank.retrieve.config import BM25_VARIANTS, FAISS_TYPES, FUSION_DEPTH, RRF_K, BM25Config, IndexConfig
 
 INDEX_METHODS = ("bm25", "dense", "hybrid")
+_BM25, _FAISS = BM25Config(), IndexConfig()
 
 
 def _none_or(value: str) -> str | None:
@@ -32,13 +45,14 @@ def index_command(
     dataset: DatasetOpt = None,
     corpus: CorpusOpt = None,
     method: Annotated[str, typer.Option("--method", help=f"Index type: {', '.join(INDEX_METHODS)}.")] = "bm25",
-    k1: Annotated[float, typer.Option("--k1", help="BM25 term-frequency saturation.")] = 1.5,
-    b: Annotated[float, typer.Option("--b", help="BM25 length normalisation (0..1).")] = 0.75,
-    stemmer: Annotated[str, typer.Option("--stemmer", help="Snowball stemmer (PyStemmer name) or 'none'.")] = "english",
-    stopwords: Annotated[str, typer.Option("--stopwords", help="Stopword list language code (en, de, fr, ...) "
-                                           "or 'none'.")] = "en",
-    variant: Annotated[str, typer.Option("--variant", help="BM25 variant: lucene, robertson, atire, bm25l, "
-                                         "bm25+.")] = "lucene",
+    k1: Annotated[float | None, library_option("--k1", "BM25 term-frequency saturation.", _BM25.k1)] = None,
+    b: Annotated[float | None, library_option("--b", "BM25 length normalisation (0..1).", _BM25.b)] = None,
+    stemmer: Annotated[str | None, library_option("--stemmer", "Snowball stemmer (PyStemmer name) or 'none'.",
+                                                  _BM25.stemmer)] = None,
+    stopwords: Annotated[str | None, library_option("--stopwords", "Stopword list language code (en, de, fr, ...) "
+                                                    "or 'none'.", _BM25.stopwords)] = None,
+    variant: Annotated[str | None, library_option("--variant", f"BM25 variant: {', '.join(BM25_VARIANTS)}.",
+                                                  _BM25.method)] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = False,
     skip_empty: Annotated[bool, typer.Option("--skip-empty", help="bm25: leave out documents with no title and "
                                              "text instead of failing.")] = False,
@@ -48,44 +62,47 @@ def index_command(
                                               "model first (into --embeddings, default OUT.emb).")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="dense/hybrid: encoder preset (repllama, "
                                                "minilm) with --model.")] = None,
-    index_type: Annotated[str, typer.Option("--index-type", help="dense/hybrid: FAISS index: flat (exact), "
-                                            "hnsw, ivf, ivfpq.")] = "flat",
-    hnsw_m: Annotated[int, typer.Option("--hnsw-m", help="HNSW links per node.")] = 32,
-    ef_construction: Annotated[int, typer.Option("--ef-construction", help="HNSW build beam width.")] = 200,
-    ef_search: Annotated[int, typer.Option("--ef-search", help="HNSW search beam width.")] = 128,
+    index_type: Annotated[str | None, library_option("--index-type", "dense/hybrid: FAISS index: "
+                                                     f"{', '.join(FAISS_TYPES)} (flat is exact).",
+                                                     _FAISS.index_type)] = None,
+    hnsw_m: Annotated[int | None, library_option("--hnsw-m", "HNSW links per node.", _FAISS.hnsw_m)] = None,
+    ef_construction: Annotated[int | None, library_option("--ef-construction", "HNSW build beam width.",
+                                                          _FAISS.ef_construction)] = None,
+    ef_search: Annotated[int | None, library_option("--ef-search", "HNSW search beam width.", _FAISS.ef_search)] = None,
     nlist: Annotated[int | None, typer.Option("--nlist", help="IVF clusters per shard (default ~4*sqrt(n)).")] = None,
-    nprobe: Annotated[int, typer.Option("--nprobe", help="IVF clusters searched per query.")] = 16,
-    pq_m: Annotated[int, typer.Option("--pq-m", help="IVF-PQ sub-quantizers (divides the dimension).")] = 16,
-    pq_nbits: Annotated[int, typer.Option("--pq-nbits", help="IVF-PQ bits per sub-quantizer code.")] = 8,
-    rrf_k: Annotated[float, typer.Option("--rrf-k", help="hybrid: RRF constant k.")] = 60,
-    depth: Annotated[int, typer.Option("--depth", help="hybrid: results per sub-index fused per query.")] = 1000,
+    nprobe: Annotated[int | None, library_option("--nprobe", "IVF clusters searched per query.", _FAISS.nprobe)] = None,
+    pq_m: Annotated[int | None, library_option("--pq-m", "IVF-PQ sub-quantizers (divides the dimension).",
+                                               _FAISS.pq_m)] = None,
+    pq_nbits: Annotated[int | None, library_option("--pq-nbits", "IVF-PQ bits per sub-quantizer code.",
+                                                   _FAISS.pq_nbits)] = None,
+    rrf_k: Annotated[float | None, library_option("--rrf-k", "hybrid: RRF constant k.", RRF_K)] = None,
+    fusion_depth: Annotated[int | None, library_option("--fusion-depth", "hybrid: results per sub-index fused per "
+                                                       "query.", FUSION_DEPTH)] = None,
+    depth: Annotated[int | None, deprecated_option("--depth", "--fusion-depth")] = None,
 ) -> None:
     """Index a corpus (title + text), e.g. `nestrank index --dataset scifact --out scifact.bm25`."""
     from nestrank.errors import ConfigError
 
     if method not in INDEX_METHODS:
         raise ConfigError(f"unknown --method {method!r}; choose one of: {', '.join(INDEX_METHODS)}")
+    fusion_depth = renamed(fusion_depth, depth, "--fusion-depth", "--depth")
+    bm25 = given(k1=k1, b=b, method=variant)
+    bm25.update({name: _none_or(value) for name, value in given(stemmer=stemmer, stopwords=stopwords).items()})
     start = time.perf_counter()
     if method in ("dense", "hybrid"):
-        from nestrank.cli.encode import build_vector_index
+        from nestrank.retrieve.build import build_vector_index
 
         built = build_vector_index(
             method, out, lambda: open_dataset(dataset, corpus=corpus).corpus, embeddings=embeddings, model=model,
-            preset=preset, faiss_params={"index_type": index_type, "hnsw_m": hnsw_m, "ef_construction": ef_construction,
-                                         "ef_search": ef_search, "nlist": nlist, "nprobe": nprobe, "pq_m": pq_m,
-                                         "pq_nbits": pq_nbits},
-            rrf_k=rrf_k, depth=depth, progress=progress,
-            bm25_params={"k1": k1, "b": b, "stemmer": _none_or(stemmer), "stopwords": _none_or(stopwords),
-                         "method": variant})
+            preset=preset, config=IndexConfig(**given(index_type=index_type, hnsw_m=hnsw_m, ef_construction=ef_construction,
+                                       ef_search=ef_search, nlist=nlist, nprobe=nprobe, pq_m=pq_m, pq_nbits=pq_nbits)),
+            bm25_params=bm25, progress=progress, **given(rrf_k=rrf_k, fusion_depth=fusion_depth))
         _info(f"indexed {built.num_docs} documents ({method}) in {time.perf_counter() - start:.1f}s -> {out}")
         return
-    from nestrank.data import Corpus
     from nestrank.retrieve.bm25 import BM25Index
 
-    docs = Corpus.open(open_dataset(dataset, corpus=corpus).corpus_path, on_empty="skip" if skip_empty else "error")
-
-    index = BM25Index.build(docs, k1=k1, b=b, stemmer=_none_or(stemmer), stopwords=_none_or(stopwords),
-                            method=variant, show_progress=progress)
+    docs = open_dataset(dataset, corpus=corpus).open_corpus(on_empty="skip" if skip_empty else "error")
+    index = BM25Index.build(docs, show_progress=progress, **bm25)
     index.save(out)
     _info(f"indexed {index.num_docs} documents ({method}) in {time.perf_counter() - start:.1f}s -> {out}")
 
@@ -127,25 +144,17 @@ def fuse_command(
                                         "scores).")] = "rrf",
     weights: Annotated[str | None, typer.Option("--weights", help="Comma-separated weight per run "
                                                 "(default: equal).")] = None,
-    rrf_k: Annotated[float, typer.Option("--rrf-k", help="RRF constant k.")] = 60,
+    rrf_k: Annotated[float | None, library_option("--rrf-k", "RRF constant k.", RRF_K)] = None,
     norm: Annotated[str, typer.Option("--norm", help="Linear fusion score normalisation: minmax or zscore.")] = "minmax",
     k: Annotated[int | None, typer.Option("--k", "-k", help="Keep the best K fused results per query.")] = None,
     tag: Annotated[str, typer.Option("--tag", help="Tag column of the TREC run.")] = "nestrank-fused",
 ) -> None:
     """Fuse several runs into one, e.g. `nestrank fuse bm25.run dense.run --out hybrid.run`."""
     from nestrank.data import Run
-    from nestrank.errors import ConfigError
     from nestrank.retrieve.fusion import fuse
 
-    weight_values = None
-    if weights is not None:
-        try:
-            weight_values = [float(w) for w in weights.split(",")]
-        except ValueError:
-            raise ConfigError(f"--weights must be comma-separated numbers, got {weights!r}") from None
-    if k is not None and k < 1:
-        raise ConfigError(f"--k must be at least 1, got {k}")
+    weight_values = parse_weights(weights)
     loaded = [Run.read_trec(path) for path in runs]
-    fused = fuse(loaded, method, weight_values, rrf_k=rrf_k, norm=norm, depth=k)  # type: ignore[arg-type]
+    fused = fuse(loaded, method, weight_values, norm=norm, k=k, **given(rrf_k=rrf_k))  # type: ignore[arg-type]
     fused.write_trec(out, tag=tag)
     _info(f"fused {len(runs)} runs ({method}) over {len(fused)} queries -> {out}")

@@ -23,7 +23,8 @@ from typing import Literal
 
 import numpy as np
 
-from nestrank.errors import DataFormatError
+from nestrank.data.lines import decode_line, one_line, parse_json_object
+from nestrank.errors import DataFormatError, UnknownIdError
 from nestrank.files import atomic_write
 
 ID_KEYS = ("_id", "id", "docid", "doc_id")
@@ -57,41 +58,6 @@ def detect_format(path: Path) -> str:
                           "name it .jsonl or .tsv, or pass the format explicitly")
 
 
-def decode_line(raw: bytes, path: Path | str | None, line_no: int) -> str:
-    """Decode one raw line as UTF-8 (a BOM on line 1 is dropped), without its line ending.
-
-    Raises :class:`DataFormatError` naming the file and line when the bytes are not UTF-8.
-    """
-    try:
-        line = raw.decode("utf-8-sig" if line_no == 1 else "utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataFormatError(path, line_no, f"not valid UTF-8 ({exc.reason} at byte {exc.start})",
-                              "re-encode the file as UTF-8, e.g. iconv -f latin1 -t utf-8") from None
-    return line.rstrip("\r\n")
-
-
-def iter_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, text)`` for every non-blank line of a UTF-8 file, streaming."""
-    with path.open("rb") as handle:
-        for line_no, raw in enumerate(handle, 1):
-            line = decode_line(raw, path, line_no)
-            if line.strip():
-                yield line_no, line
-
-
-def parse_json_object(line: str, path: Path | str | None, line_no: int) -> dict:
-    """Parse one JSONL line that must hold a JSON object. Raises :class:`DataFormatError`."""
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(path, line_no, f"bad JSON ({exc.msg} at column {exc.colno})",
-                              "write one complete JSON object per line") from None
-    if not isinstance(obj, dict):
-        raise DataFormatError(path, line_no, f"expected a JSON object per line, got {type(obj).__name__}",
-                              "write one JSON object ({...}) per line")
-    return obj
-
-
 def parse_document(raw: bytes, fmt: str, path: Path | str | None, line_no: int) -> Document | None:
     """Parse one corpus line; ``None`` for a blank line. Raises :class:`DataFormatError`."""
     line = decode_line(raw, path, line_no)
@@ -121,14 +87,6 @@ def parse_document(raw: bytes, fmt: str, path: Path | str | None, line_no: int) 
         raise DataFormatError(path, line_no, f"expected 2 or 3 tab-separated columns, got {len(parts)}",
                               "use 'id<TAB>text' or 'id<TAB>title<TAB>text' and no tabs inside text")
     raise DataFormatError(path, None, f"unknown corpus format {fmt!r}", f"use one of: {', '.join(CORPUS_FORMATS)}")
-
-
-_CELL_BREAKS = str.maketrans({"\t": " ", "\r": " ", "\n": " "})
-
-
-def one_line(text: str) -> str:
-    """Replace tabs and line breaks by spaces, so the text fits one TSV cell (other text is kept)."""
-    return text.translate(_CELL_BREAKS)
 
 
 def write_corpus(path: str | Path, docs: Iterable[Document], fmt: str | None = None) -> int:
@@ -259,7 +217,7 @@ class Corpus:
         position = self._index.get(doc_id)
         if position is None:
             where = f" in {self.path}" if self.path else ""
-            raise KeyError(f"unknown document id {doc_id!r}{where}")
+            raise UnknownIdError(f"unknown document id {doc_id!r}{where}")
         return self.get_many([doc_id])[0]
 
     def get_many(self, doc_ids: Iterable[str]) -> list[Document]:
@@ -268,7 +226,7 @@ class Corpus:
         missing = [d for d in doc_ids if d not in self._index]
         if missing:
             where = f" in {self.path}" if self.path else ""
-            raise KeyError(f"unknown document id(s){where}: {', '.join(map(repr, missing[:5]))}")
+            raise UnknownIdError(f"unknown document id(s){where}: {', '.join(map(repr, missing[:5]))}")
         if self._docs is not None:
             return [self._docs[self._index[d]] for d in doc_ids]
         assert self.path is not None and self._offsets is not None and self._line_numbers is not None

@@ -24,7 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from nestrank.data.corpus import Corpus, Document, iter_lines, parse_json_object
+from nestrank.data.corpus import Corpus, Document
+from nestrank.data.lines import iter_lines, parse_json_object
 from nestrank.errors import DataFormatError
 from nestrank.files import atomic_write
 

@@ -7,10 +7,10 @@ TREC collections judge spam as -1) and count as non-relevant.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from nestrank.data.corpus import iter_lines
+from nestrank.data.lines import check_ids, check_token, iter_lines
 from nestrank.errors import DataFormatError
 from nestrank.files import atomic_write
 
@@ -106,36 +106,8 @@ class Qrels(Mapping[str, dict[str, int]]):
 
         The error names the first offending line of the qrels file (when read from one).
         """
-        if queries is not None:
-            unknown = [q for q in self._j if q not in queries]
-            if unknown:
-                line = find_line(self.path, lambda parts: bool(parts) and parts[0] == unknown[0])
-                raise DataFormatError(self.path, line, f"{len(unknown)} judged query id(s) not in the queries, "
-                                      f"e.g. {unknown[0]!r}", "check that qrels and queries come from one dataset")
-        if corpus is not None:
-            bad = [(q, d) for q, docs in self._j.items() for d in docs if d not in corpus]  # type: ignore[operator]
-            if bad:
-                qid, doc = bad[0]
-                line = find_line(self.path, lambda parts: len(parts) >= 3 and parts[0] == qid and doc in parts[1:3])
-                raise DataFormatError(self.path, line, f"query {qid!r} judges document {doc!r}, which is not in the "
-                                      f"corpus ({len(bad)} such judgement(s))", "check that qrels and corpus match")
-
-
-def check_token(value: str, what: str, path: str | Path | None = None) -> None:
-    """Reject ids that whitespace-separated formats (TREC, TSV) cannot hold (writing ``path``)."""
-    if not value or value != "".join(value.split()):
-        raise DataFormatError(path, None, f"cannot write {what} {value!r}: TREC/TSV ids must be non-empty "
-                              "and without whitespace", "write JSONL instead, or fix the id")
-
-
-def find_line(path: Path | None, predicate: Callable[[list[str]], bool]) -> int | None:
-    """The first line number of ``path`` whose whitespace-split fields satisfy ``predicate``."""
-    if path is None or not path.is_file():
-        return None
-    for line_no, line in iter_lines(path):
-        if predicate(line.split()):
-            return line_no
-    return None
+        pairs = ((q, d) for q, docs in self._j.items() for d in docs)
+        check_ids("qrels", self.path, self._j, pairs, queries=queries, corpus=corpus)
 
 
 def _is_int(text: str) -> bool:

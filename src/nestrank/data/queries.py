@@ -6,8 +6,9 @@ import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from nestrank.data.corpus import ID_KEYS, detect_format, iter_lines, one_line, parse_json_object
-from nestrank.errors import DataFormatError
+from nestrank.data.corpus import ID_KEYS, detect_format
+from nestrank.data.lines import iter_lines, one_line, parse_json_object
+from nestrank.errors import DataFormatError, UnknownIdError
 
 
 class Queries(Mapping[str, str]):
@@ -22,7 +23,7 @@ class Queries(Mapping[str, str]):
             return self._items[query_id]
         except KeyError:
             where = f" in {self.path}" if self.path else ""
-            raise KeyError(f"unknown query id {query_id!r}{where}") from None
+            raise UnknownIdError(f"unknown query id {query_id!r}{where}") from None
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)

@@ -11,8 +11,7 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from nestrank.data.corpus import iter_lines
-from nestrank.data.qrels import check_token, find_line
+from nestrank.data.lines import check_ids, check_token, iter_lines
 from nestrank.errors import DataFormatError
 from nestrank.files import atomic_write
 
@@ -98,19 +97,8 @@ class Run(Mapping[str, list[tuple[str, float]]]):
 
         The error names the first offending line of the run file (when read from one).
         """
-        if queries is not None:
-            unknown = [q for q in self._ranked if q not in queries]
-            if unknown:
-                line = find_line(self.path, lambda parts: bool(parts) and parts[0] == unknown[0])
-                raise DataFormatError(self.path, line, f"{len(unknown)} query id(s) of the run are not in the "
-                                      f"queries, e.g. {unknown[0]!r}", "check that run and queries come from one dataset")
-        if corpus is not None:
-            bad = [(q, d) for q, items in self._ranked.items() for d, _ in items if d not in corpus]  # type: ignore[operator]
-            if bad:
-                qid, doc = bad[0]
-                line = find_line(self.path, lambda parts: len(parts) >= 3 and parts[0] == qid and doc in parts[1:3])
-                raise DataFormatError(self.path, line, f"query {qid!r} ranks document {doc!r}, which is not in "
-                                      f"the corpus ({len(bad)} such result(s))", "check that the run was made on this corpus")
+        pairs = ((q, d) for q, items in self._ranked.items() for d, _ in items)
+        check_ids("run", self.path, self._ranked, pairs, queries=queries, corpus=corpus)
 
     # -- files --------------------------------------------------------------------------
     @classmethod

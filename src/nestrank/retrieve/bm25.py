@@ -24,10 +24,11 @@ import numpy as np
 
 from nestrank.data import Corpus, Document, Run
 from nestrank.errors import ConfigError, DataFormatError
-from nestrank.retrieve.index import read_manifest, staged_index_dir, write_manifest
+from nestrank.retrieve.config import BM25_VARIANTS, BM25Config
+from nestrank.retrieve.index import staged_index_dir
+from nestrank.retrieve.manifest import read_manifest, write_manifest
 
 METHOD = "bm25"
-VARIANTS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 DOC_IDS_FILE = "doc_ids.json"
 
 
@@ -55,8 +56,8 @@ def _check_params(k1: float, b: float, stemmer: str | None, stopwords: str | lis
         raise ConfigError(f"BM25 k1 must be a finite number >= 0, got {k1}")
     if not 0 <= b <= 1:
         raise ConfigError(f"BM25 b must be between 0 and 1, got {b}")
-    if method not in VARIANTS:
-        raise ConfigError(f"unknown BM25 variant {method!r}; choose one of: {', '.join(VARIANTS)}")
+    if method not in BM25_VARIANTS:
+        raise ConfigError(f"unknown BM25 variant {method!r}; choose one of: {', '.join(BM25_VARIANTS)}")
     if stemmer is not None and stemmer not in Stemmer.algorithms():
         raise ConfigError(f"unknown stemmer {stemmer!r}; choose 'none' or one of: {', '.join(Stemmer.algorithms())}")
     if isinstance(stopwords, str):
@@ -110,14 +111,14 @@ class BM25Index:
         cls,
         corpus: Corpus | Iterable[Document],
         *,
-        k1: float = 1.5,
-        b: float = 0.75,
-        stemmer: str | None = "english",
-        stopwords: str | list[str] | None = "en",
-        method: str = "lucene",
+        k1: float = BM25Config.k1,
+        b: float = BM25Config.b,
+        stemmer: str | None = BM25Config.stemmer,
+        stopwords: str | list[str] | None = BM25Config.stopwords,
+        method: str = BM25Config.method,
         show_progress: bool = False,
     ) -> BM25Index:
-        """Index ``corpus`` in one streaming pass.
+        """Index ``corpus`` in one streaming pass (defaults: :class:`~nestrank.retrieve.config.BM25Config`).
 
         Args:
             corpus: a :class:`Corpus` (streamed from disk) or any iterable of documents.
@@ -177,10 +178,7 @@ class BM25Index:
         import bm25s
 
         path = Path(path)
-        manifest = read_manifest(path)
-        if manifest["method"] != METHOD:
-            raise DataFormatError(path / "manifest.json", None, f"index method is {manifest['method']!r}, not "
-                                  f"{METHOD!r}", "open it with nestrank.retrieve.index.open_index")
+        manifest = read_manifest(path, method=METHOD)
         try:
             retriever = bm25s.BM25.load(path, mmap=mmap, load_corpus=False)
             doc_ids = json.loads((path / DOC_IDS_FILE).read_text(encoding="utf-8"))

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,56 +23,15 @@ import numpy as np
 
 from nestrank.data import Corpus, Run
 from nestrank.errors import ConfigError, DataFormatError
-from nestrank.retrieve.encode import Embeddings, PassageEncoder, ids_fingerprint
-from nestrank.retrieve.index import MANIFEST, read_manifest, staged_index_dir, write_manifest
+from nestrank.retrieve.config import FUSION_DEPTH, RRF_K, IndexConfig
+from nestrank.retrieve.embeddings import Embeddings, ids_fingerprint
+from nestrank.retrieve.encode import PassageEncoder
+from nestrank.retrieve.index import staged_index_dir
+from nestrank.retrieve.manifest import MANIFEST, read_manifest, write_manifest
 
 METHOD = "dense"
 HYBRID = "hybrid"
-FAISS_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 ADD_CHUNK = 65536
-
-
-@dataclass(frozen=True)
-class IndexConfig:
-    """FAISS settings. ``index_type`` is ``flat`` (exact), ``hnsw``, ``ivf`` or ``ivfpq``.
-
-    HNSW: ``hnsw_m`` links per node, ``ef_construction`` build beam, ``ef_search`` search
-    beam (raised to ``k`` when smaller). IVF: ``nlist`` clusters per shard (default about
-    ``4 * sqrt(n)``, at most ``n / 39``), ``nprobe`` clusters visited per query,
-    ``train_size`` vectors sampled for training (default ``256 * nlist``). IVF-PQ also:
-    ``pq_m`` sub-quantizers (must divide the dimension) of ``pq_nbits`` bits.
-    """
-
-    index_type: str = "flat"
-    hnsw_m: int = 32
-    ef_construction: int = 200
-    ef_search: int = 128
-    nlist: int | None = None
-    nprobe: int = 16
-    pq_m: int = 16
-    pq_nbits: int = 8
-    train_size: int | None = None
-
-    def check(self, dim: int) -> None:
-        """Raise :class:`ConfigError` for an unknown type or an impossible parameter."""
-        if self.index_type not in FAISS_TYPES:
-            raise ConfigError(f"unknown dense index type {self.index_type!r}; choose one of: {', '.join(FAISS_TYPES)}")
-        for name in ("hnsw_m", "ef_construction", "ef_search", "nprobe", "pq_m", "pq_nbits"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.nlist is not None and self.nlist < 1:
-            raise ConfigError(f"nlist must be >= 1, got {self.nlist}")
-        if self.index_type == "ivfpq" and dim % self.pq_m:
-            raise ConfigError(f"pq_m={self.pq_m} must divide the vector dimension {dim}")
-
-    def nlist_for(self, n: int) -> int:
-        """The number of IVF clusters for a shard of ``n`` vectors."""
-        if self.nlist is not None:
-            if self.nlist > n:
-                raise ConfigError(f"nlist={self.nlist} is larger than a shard of {n} vectors; lower nlist "
-                                  "or use fewer, larger shards")
-            return self.nlist
-        return max(1, min(int(4 * np.sqrt(n)), n // 39))
 
 
 def _faiss():
@@ -189,11 +148,7 @@ class DenseIndex:
         read whole, one at a time.
         """
         path = Path(path)
-        manifest = read_manifest(path)
-        if manifest["method"] != METHOD:
-            raise DataFormatError(path / MANIFEST, None, f"index method is {manifest['method']!r}, not {METHOD!r}",
-                                  "open it with nestrank.retrieve.index.open_index, or pass a dense index")
-        index = cls(path, manifest)
+        index = cls(path, read_manifest(path, method=METHOD))
         for shard in index.shards:
             for key in ("file", "ids"):
                 if not (path / shard[key]).is_file():
@@ -290,8 +245,9 @@ class HybridIndex:
     """BM25 and dense sub-indexes in one directory; search fuses their runs by reciprocal rank.
 
     Layout: ``bm25/`` and ``dense/`` (each a complete index) and a manifest with
-    ``"method": "hybrid"``, the RRF constant ``rrf_k`` and the ``depth`` each sub-index
-    retrieves before fusion.
+    ``"method": "hybrid"``, the RRF constant ``rrf_k`` and the ``fusion_depth`` (results
+    each sub-index retrieves before fusion; stored as ``"depth"``, the key indexes have
+    always used).
     """
 
     def __init__(self, path: Path, manifest: dict[str, Any], bm25: Any, dense: DenseIndex) -> None:
@@ -310,22 +266,24 @@ class HybridIndex:
 
     @classmethod
     def build(cls, corpus: Corpus, embeddings: Embeddings | str | Path, out: str | Path,
-              config: IndexConfig | None = None, *, rrf_k: float = 60, depth: int = 1000,
+              config: IndexConfig | None = None, *, rrf_k: float = RRF_K, fusion_depth: int = FUSION_DEPTH,
               bm25_params: Mapping[str, Any] | None = None, progress: bool = False) -> HybridIndex:
-        """Index ``corpus`` with BM25 and its encoded ``embeddings`` with FAISS, into ``out`` (atomically)."""
+        """Index ``corpus`` with BM25 (``bm25_params``: :meth:`BM25Index.build` keywords) and its encoded
+        ``embeddings`` with FAISS (``config``), into ``out`` (atomically)."""
         from nestrank.retrieve.bm25 import BM25Index
 
         embeddings = embeddings if isinstance(embeddings, Embeddings) else Embeddings(embeddings)
         if embeddings.manifest["ids_sha256"] != ids_fingerprint(corpus.ids):
             raise ConfigError(f"the embeddings in {embeddings.dir} were not encoded from this corpus "
                               f"({embeddings.num_docs} vs {len(corpus)} documents or other ids); encode it first")
-        if depth < 1 or not rrf_k >= 0:
-            raise ConfigError(f"hybrid depth must be >= 1 and rrf_k >= 0, got depth={depth}, rrf_k={rrf_k}")
+        if fusion_depth < 1 or not rrf_k >= 0:
+            raise ConfigError(f"hybrid fusion_depth must be >= 1 and rrf_k >= 0, got fusion_depth={fusion_depth}, "
+                              f"rrf_k={rrf_k}")
         with staged_index_dir(out) as staging:
             BM25Index.build(corpus, **dict(bm25_params or {})).save(staging / "bm25")
             DenseIndex.build(embeddings, staging / "dense", config, progress=progress)
             write_manifest(staging, HYBRID, len(corpus), {"parts": {"bm25": "bm25", "dense": "dense"},
-                                                          "fusion": "rrf", "rrf_k": rrf_k, "depth": depth})
+                                                          "fusion": "rrf", "rrf_k": rrf_k, "depth": fusion_depth})
         return cls.load(out)
 
     @classmethod
@@ -334,10 +292,7 @@ class HybridIndex:
         from nestrank.retrieve.bm25 import BM25Index
 
         path = Path(path)
-        manifest = read_manifest(path)
-        if manifest["method"] != HYBRID:
-            raise DataFormatError(path / MANIFEST, None, f"index method is {manifest['method']!r}, not {HYBRID!r}",
-                                  "open it with nestrank.retrieve.index.open_index")
+        manifest = read_manifest(path, method=HYBRID)
         parts = manifest["params"]["parts"]
         bm25 = BM25Index.load(path / parts["bm25"], mmap=mmap)
         dense = DenseIndex.load(path / parts["dense"])
@@ -348,15 +303,15 @@ class HybridIndex:
         return cls(path, manifest, bm25, dense)
 
     def search(self, queries: Mapping[str, str], k: int = 100, *, encoder: PassageEncoder | None = None,
-               depth: int | None = None, threads: int = 0) -> Run:
-        """RRF of the BM25 and dense top-``depth`` runs (default: the manifest's, at least ``k``), cut to ``k``."""
+               fusion_depth: int | None = None, threads: int = 0) -> Run:
+        """RRF of the BM25 and dense top-``fusion_depth`` runs (default: the manifest's, at least ``k``), cut to ``k``."""
         from nestrank.retrieve.fusion import reciprocal_rank_fusion
 
         params = self.manifest["params"]
-        depth = max(k, depth or params["depth"])
-        runs = [self.bm25.search(queries, depth, threads=threads),
-                self.dense.search(queries, depth, encoder=encoder, threads=threads)]
-        return reciprocal_rank_fusion(runs, k=params["rrf_k"], depth=k)
+        fusion_depth = max(k, fusion_depth or params["depth"])
+        runs = [self.bm25.search(queries, fusion_depth, threads=threads),
+                self.dense.search(queries, fusion_depth, encoder=encoder, threads=threads)]
+        return reciprocal_rank_fusion(runs, rrf_k=params["rrf_k"], k=k)
 
 
 def exact_top_k(query_vectors: np.ndarray, doc_vectors: np.ndarray, doc_ids: Sequence[str],

@@ -13,6 +13,7 @@ from typing import Literal
 
 from nestrank.data import Run
 from nestrank.errors import ConfigError
+from nestrank.retrieve.config import RRF_K
 
 Normalisation = Literal["minmax", "zscore"]
 FUSION_METHODS = ("rrf", "linear")
@@ -31,6 +32,11 @@ def _check_weights(runs: Sequence[Run], weights: Sequence[float] | None) -> list
     return weights
 
 
+def _check_k(k: int | None) -> None:
+    if k is not None and k < 1:
+        raise ConfigError(f"k (fused results kept per query) must be at least 1, got {k}")
+
+
 def _query_ids(runs: Sequence[Run]) -> list[str]:
     seen: dict[str, None] = {}
     for run in runs:
@@ -38,24 +44,25 @@ def _query_ids(runs: Sequence[Run]) -> list[str]:
     return list(seen)
 
 
-def reciprocal_rank_fusion(runs: Sequence[Run], k: float = 60, weights: Sequence[float] | None = None,
-                           depth: int | None = None) -> Run:
-    """Reciprocal-rank fusion (Cormack et al. 2009): ``score(d) = sum_i w_i / (k + rank_i(d))``.
+def reciprocal_rank_fusion(runs: Sequence[Run], *, rrf_k: float = RRF_K, weights: Sequence[float] | None = None,
+                           k: int | None = None) -> Run:
+    """Reciprocal-rank fusion (Cormack et al. 2009): ``score(d) = sum_i w_i / (rrf_k + rank_i(d))``.
 
-    Ranks are 1-based; a document missing from a run adds nothing for that run. ``depth``
-    keeps only the top ``depth`` fused documents per query (all when ``None``).
+    Ranks are 1-based; a document missing from a run adds nothing for that run. ``k``
+    keeps only the top ``k`` fused documents per query (all when ``None``).
     """
     weights = _check_weights(runs, weights)
-    if not k >= 0:
-        raise ConfigError(f"RRF k must be >= 0, got {k}")
+    _check_k(k)
+    if not rrf_k >= 0:
+        raise ConfigError(f"RRF k (the constant rrf_k) must be >= 0, got {rrf_k}")
     fused = Run()
     for qid in _query_ids(runs):
         scores: dict[str, float] = {}
         for run, weight in zip(runs, weights, strict=True):
             for rank, (doc, _) in enumerate(run.get(qid, ()), 1):
-                scores[doc] = scores.get(doc, 0.0) + weight / (k + rank)
+                scores[doc] = scores.get(doc, 0.0) + weight / (rrf_k + rank)
         fused.add(qid, scores.items())
-    return fused.top(depth) if depth else fused
+    return fused if k is None else fused.top(k)
 
 
 def _normalise(scores: list[float], norm: Normalisation) -> tuple[list[float], float]:
@@ -76,8 +83,8 @@ def _normalise(scores: list[float], norm: Normalisation) -> tuple[list[float], f
 
 
 def linear_fusion(runs: Sequence[Run], weights: Sequence[float] | None = None, norm: Normalisation = "minmax",
-                  depth: int | None = None) -> Run:
-    """Weighted sum of per-query normalised scores: ``score(d) = sum_i w_i * norm_i(d)``.
+                  *, k: int | None = None) -> Run:
+    """Weighted sum of per-query normalised scores: ``score(d) = sum_i w_i * norm_i(d)``, cut to the top ``k``.
 
     ``norm="minmax"`` maps each run's scores for a query to [0, 1] (all 1.0 when they are
     equal); a document the run did not retrieve gets 0. ``norm="zscore"`` standardises them
@@ -85,6 +92,7 @@ def linear_fusion(runs: Sequence[Run], weights: Sequence[float] | None = None, n
     run's lowest z-score for that query, so it is never ranked above a retrieved one.
     """
     weights = _check_weights(runs, weights)
+    _check_k(k)
     if norm not in ("minmax", "zscore"):
         raise ConfigError(f"unknown score normalisation {norm!r}; choose 'minmax' or 'zscore'")
     fused = Run()
@@ -101,15 +109,15 @@ def linear_fusion(runs: Sequence[Run], weights: Sequence[float] | None = None, n
             docs.update(dict.fromkeys(doc for doc, _ in items))
         fused.add(qid, ((doc, sum(w * values.get(doc, missing) for w, (values, missing)
                                   in zip(weights, per_run, strict=True))) for doc in docs))
-    return fused.top(depth) if depth else fused
+    return fused if k is None else fused.top(k)
 
 
-def fuse(runs: Sequence[Run], method: str = "rrf", weights: Sequence[float] | None = None, *, rrf_k: float = 60,
-         norm: Normalisation = "minmax", depth: int | None = None) -> Run:
+def fuse(runs: Sequence[Run], method: str = "rrf", weights: Sequence[float] | None = None, *, rrf_k: float = RRF_K,
+         norm: Normalisation = "minmax", k: int | None = None) -> Run:
     """Fuse ``runs`` with ``method`` ``"rrf"`` (:func:`reciprocal_rank_fusion`) or
-    ``"linear"`` (:func:`linear_fusion`)."""
+    ``"linear"`` (:func:`linear_fusion`), keeping the top ``k`` per query (all when ``None``)."""
     if method == "rrf":
-        return reciprocal_rank_fusion(runs, k=rrf_k, weights=weights, depth=depth)
+        return reciprocal_rank_fusion(runs, rrf_k=rrf_k, weights=weights, k=k)
     if method == "linear":
-        return linear_fusion(runs, weights=weights, norm=norm, depth=depth)
+        return linear_fusion(runs, weights=weights, norm=norm, k=k)
     raise ConfigError(f"unknown fusion method {method!r}; choose one of: {', '.join(FUSION_METHODS)}")

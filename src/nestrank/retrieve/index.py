@@ -1,14 +1,11 @@
-"""Index directories: a ``manifest.json`` that names the method, written atomically.
+"""Index directories: a ``manifest.json`` that names the method, and the files the method needs.
 
-Every index nestrank writes is a directory holding ``manifest.json``::
-
-    {"format_version": 1, "method": "bm25", "num_docs": 5183,
-     "nestrank_version": "0.1.0", "params": {...method-specific...}}
-
-plus whatever files the method needs. :func:`open_index` reads the manifest and hands the
-directory to the class registered for its ``method`` in :data:`INDEX_TYPES`. To add a method
-(dense FAISS, hybrid, ...), write a class with ``load(path, mmap=...)`` and
-``search(queries, k, threads=...)`` (see :class:`SearchIndex`) and add one line to :data:`INDEX_TYPES`.
+Every index nestrank writes is a directory holding a ``manifest.json`` (see
+:mod:`nestrank.retrieve.manifest`) plus whatever files the method needs. :func:`open_index`
+reads the manifest and hands the directory to the class registered for its ``method`` in
+:data:`INDEX_TYPES`. To add a method, write a class with ``load(path, mmap=...)`` and
+``search(queries, k, threads=...)`` (see :class:`SearchIndex`) and add one line to
+:data:`INDEX_TYPES`.
 
 Indexes are built in a temporary sibling directory and renamed into place only when
 complete (:func:`staged_index_dir`), so a crash never leaves a half-written index.
@@ -18,18 +15,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
-from nestrank import __version__
 from nestrank.data import Run
 from nestrank.errors import DataFormatError
-from nestrank.files import atomic_dir, atomic_write
-
-MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+from nestrank.files import atomic_dir
+from nestrank.retrieve.manifest import MANIFEST, read_manifest
 
 #: ``method`` in a manifest -> ``"module:Class"`` that loads it (imported only when used).
 INDEX_TYPES: dict[str, str] = {
@@ -53,45 +46,9 @@ class SearchIndex(Protocol):
         ...
 
 
-def write_manifest(directory: str | Path, method: str, num_docs: int, params: Mapping[str, Any]) -> None:
-    """Write ``manifest.json`` into an index directory (atomically)."""
-    manifest = {
-        "format_version": FORMAT_VERSION,
-        "method": method,
-        "num_docs": int(num_docs),
-        "nestrank_version": __version__,
-        "params": dict(params),
-    }
-    with atomic_write(Path(directory) / MANIFEST) as handle:
-        json.dump(manifest, handle, indent=2)
-        handle.write("\n")
-
-
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    """Read and check an index directory's ``manifest.json``."""
-    directory = Path(directory)
-    path = directory / MANIFEST
-    if not directory.is_dir():
-        raise DataFormatError(directory, None, "index directory not found", "build one with `nestrank index`")
-    if not path.is_file():
-        raise DataFormatError(path, None, "not a nestrank index (no manifest.json)",
-                              "pass a directory written by `nestrank index`")
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataFormatError(path, None, f"unreadable manifest ({exc})", "rebuild the index") from None
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("method"), str):
-        raise DataFormatError(path, None, "manifest has no 'method'", "rebuild the index")
-    version = manifest.get("format_version", FORMAT_VERSION)
-    if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise DataFormatError(path, None, f"index format {version!r} is not one this nestrank understands "
-                              f"(<= {FORMAT_VERSION})", "upgrade nestrank, or rebuild the index")
-    return manifest
-
-
 def open_index(directory: str | Path, mmap: bool = True) -> SearchIndex:
     """Load any nestrank index directory, dispatching on its manifest's ``method``."""
-    manifest = read_manifest(directory)
+    manifest = read_manifest(directory, "index")
     method = manifest["method"]
     target = INDEX_TYPES.get(method)
     if target is None:

@@ -1,0 +1,55 @@
+"""Building a dense or hybrid index the way ``nestrank index --method dense|hybrid`` does.
+
+:func:`build_vector_index` encodes the corpus first when given a model (resuming an earlier,
+interrupted encoding), then builds the FAISS index, and for ``hybrid`` the BM25 index too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from nestrank.data import Corpus
+from nestrank.errors import ConfigError
+from nestrank.retrieve.config import FUSION_DEPTH, RRF_K, IndexConfig
+from nestrank.retrieve.dense_index import DenseIndex, HybridIndex
+from nestrank.retrieve.encode import run_encoding
+
+VECTOR_METHODS = ("dense", "hybrid")
+
+
+def build_vector_index(method: str, out: str | Path, corpus: Corpus | Callable[[], Corpus] | None = None, *,
+                       embeddings: str | Path | None = None, model: str | None = None, preset: str | None = None,
+                       config: IndexConfig | None = None, rrf_k: float = RRF_K, fusion_depth: int = FUSION_DEPTH,
+                       bm25_params: Mapping[str, Any] | None = None,
+                       progress: bool = False) -> DenseIndex | HybridIndex:
+    """Build a ``dense`` or ``hybrid`` index into directory ``out``; returns it loaded.
+
+    The vectors come from ``embeddings`` (a directory written by :func:`run_encoding` or
+    ``nestrank encode``) or are encoded first with ``model`` (and ``preset``), into
+    ``embeddings`` or, by default, ``OUT.emb`` next to the index (kept, so a re-run resumes
+    instead of re-encoding). ``corpus`` (or a function returning it, called only when the
+    corpus is needed: to encode, or for hybrid's BM25 part) must be the corpus the vectors
+    were made from. ``config`` sets FAISS; ``rrf_k``, ``fusion_depth`` and ``bm25_params``
+    (:meth:`~nestrank.retrieve.bm25.BM25Index.build` keywords) set the hybrid index.
+    """
+    if method not in VECTOR_METHODS:
+        raise ConfigError(f"unknown vector index method {method!r}; choose one of: {', '.join(VECTOR_METHODS)}")
+    if embeddings is None and model is None:
+        raise ConfigError(f"a {method} index needs embeddings or a model (fix: Python: embeddings=DIR or model=NAME; "
+                          f"CLI: --method {method} needs --embeddings DIR (from `nestrank encode`) or --model NAME "
+                          "(to encode the corpus first))")
+    docs = None
+    if model is not None or method == "hybrid":
+        docs = corpus() if callable(corpus) else corpus
+        if docs is None:
+            raise ConfigError(f"a {method} index{' encoded from a model' if model else ''} needs the corpus "
+                              "(fix: pass corpus=...; CLI: --dataset DIR or --corpus FILE)")
+    if model is not None:
+        embeddings = embeddings or Path(out).with_name(Path(out).name + ".emb")
+        run_encoding(docs, embeddings, model, preset=preset, progress=progress)
+    if method == "dense":
+        return DenseIndex.build(embeddings, out, config, progress=progress)
+    return HybridIndex.build(docs, embeddings, out, config, rrf_k=rrf_k, fusion_depth=fusion_depth,
+                             bm25_params=bm25_params, progress=progress)

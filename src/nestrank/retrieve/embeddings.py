@@ -1,0 +1,263 @@
+"""Embeddings directories: sharded, resumable, crash-safe embedding files, and reading them back.
+
+The corpus (in its id order) is cut into ``num_shards`` contiguous ranges. Each shard is
+written as ``shard-XXXXX.npy`` (float16 or float32 rows, in the shard's id order) and
+``shard-XXXXX.ids.txt`` (one document id per line), both to temporary files renamed into
+place (by :func:`nestrank.retrieve.encode.encode_shard`). The shard is then recorded in
+``manifest.json`` (model, preset, dim, dtype, shard counts and SHA-256 checksums),
+rewritten atomically under a file lock, so separate processes (``--shard-id i
+--num-shards n`` on machines sharing a file system) can fill one directory. A shard counts
+as done only when the manifest lists it and its files match the recorded count and
+checksum: re-running skips done shards and redoes the rest, and a killed run never leaves
+a shard that looks done but is not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nestrank.data.corpus import Corpus
+from nestrank.errors import ConfigError, DataFormatError
+from nestrank.files import atomic_write
+from nestrank.retrieve.manifest import EMBEDDINGS_FORMAT, EMBEDDINGS_KIND, MANIFEST, has_manifest, read_manifest
+
+DTYPES = ("float16", "float32")
+#: Manifest fields that must agree between runs writing into one output directory.
+IDENTITY_FIELDS = ("model", "preset", "dtype", "num_docs", "num_shards", "ids_sha256")
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Where one shard starts and ends in the corpus's id order, and its file names."""
+
+    shard_id: int
+    start: int
+    end: int
+
+    @property
+    def name(self) -> str:
+        """``shard-XXXXX`` (the stem of the shard's files)."""
+        return f"shard-{self.shard_id:05d}"
+
+    @property
+    def count(self) -> int:
+        """Number of documents in the shard."""
+        return self.end - self.start
+
+
+def shard_ranges(num_docs: int, num_shards: int) -> list[ShardSpec]:
+    """Split ``num_docs`` documents into ``num_shards`` contiguous ranges of near-equal size."""
+    if num_shards < 1:
+        raise ConfigError(f"num_shards must be >= 1, got {num_shards}")
+    bounds = [(i * num_docs) // num_shards for i in range(num_shards + 1)]
+    return [ShardSpec(i, bounds[i], bounds[i + 1]) for i in range(num_shards)]
+
+
+def ids_fingerprint(ids: Sequence[str]) -> str:
+    """SHA-256 of the document ids in order: identifies the corpus a set of shards came from."""
+    digest = hashlib.sha256()
+    for doc_id in ids:
+        digest.update(doc_id.encode("utf-8"))
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+# -- the manifest ---------------------------------------------------------------------------
+def current_manifest(out_dir: str | Path) -> dict[str, Any] | None:
+    """The embeddings manifest of ``out_dir`` (see :func:`~nestrank.retrieve.manifest.read_manifest`),
+    or ``None`` when nothing has been encoded there yet."""
+    return read_manifest(out_dir, "embeddings") if has_manifest(out_dir) else None
+
+
+@contextlib.contextmanager
+def _locked(out_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``out_dir`` (POSIX ``flock``) while the manifest changes."""
+    import fcntl
+
+    with (out_dir / ".manifest.lock").open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check_identity(out_dir: Path, manifest: dict[str, Any], header: dict[str, Any]) -> None:
+    for field in IDENTITY_FIELDS + ("dim", "normalized"):
+        if field in header and field in manifest and header[field] is not None and manifest[field] != header[field]:
+            raise ConfigError(
+                f"{out_dir / MANIFEST}: holds embeddings with {field}={manifest[field]!r}, this run has "
+                f"{field}={header[field]!r}; write to a new --out directory or delete the old one")
+
+
+def commit_shards(out_dir: str | Path, header: dict[str, Any], entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Record finished shards in the manifest (atomically, under a lock); returns the new manifest.
+
+    ``header`` holds the run's identity (model, preset, dtype, dim, normalized, num_docs,
+    num_shards, ids_sha256); an existing manifest with another identity is a :class:`ConfigError`.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(out_dir):
+        manifest = current_manifest(out_dir)
+        if manifest is None:
+            manifest = {"kind": EMBEDDINGS_KIND, "format": EMBEDDINGS_FORMAT, **header, "shards": {}}
+        _check_identity(out_dir, manifest, header)
+        for key, value in header.items():
+            if manifest.get(key) is None:
+                manifest[key] = value
+        for entry in entries:
+            manifest["shards"][entry["name"]] = entry
+        manifest["complete"] = len(manifest["shards"]) == manifest["num_shards"]
+        with atomic_write(out_dir / MANIFEST) as handle:
+            json.dump(manifest, handle, indent=1)
+            handle.write("\n")
+    return manifest
+
+
+def shard_is_done(out_dir: str | Path, manifest: dict[str, Any] | None, spec: ShardSpec, verify: bool = True) -> bool:
+    """True when the manifest lists ``spec`` and its files exist with the recorded count (and checksums)."""
+    if manifest is None:
+        return False
+    entry = manifest.get("shards", {}).get(spec.name)
+    if not entry or entry.get("count") != spec.count or entry.get("start") != spec.start:
+        return False
+    out_dir = Path(out_dir)
+    vectors, ids = out_dir / entry["file"], out_dir / entry["ids"]
+    if not (vectors.is_file() and ids.is_file()):
+        return False
+    if not verify:
+        return True
+    return file_sha256(vectors) == entry["sha256"] and file_sha256(ids) == entry["ids_sha256"]
+
+
+def check_dtype(dtype: str) -> np.dtype:
+    """``dtype`` (one of :data:`DTYPES`) as a numpy dtype; :class:`ConfigError` otherwise."""
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return np.dtype(dtype)
+
+
+def run_header(corpus: Corpus, *, num_shards: int, dtype: str, model: str | None, preset: str | None,
+               dim: int | None = None, normalized: bool | None = None) -> dict[str, Any]:
+    """The identity fields of an encoding run, as stored in the manifest."""
+    check_dtype(dtype)
+    return {"model": model, "preset": preset, "dim": dim, "dtype": dtype, "normalized": normalized,
+            "num_docs": len(corpus), "num_shards": num_shards, "ids_sha256": ids_fingerprint(corpus.ids)}
+
+
+def _adopt(out_dir: Path, header: dict[str, Any], spec: ShardSpec) -> bool:
+    """Record a finished shard missing from the manifest (its sidecar and files verified); True if adopted."""
+    sidecar = out_dir / f"{spec.name}.json"
+    if not sidecar.is_file():
+        return False
+    try:
+        record = json.loads(sidecar.read_text(encoding="utf-8"))
+        shard_header, entry = record["header"], record["entry"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return False
+    same = all(header.get(f) is None or shard_header.get(f) == header[f] for f in IDENTITY_FIELDS + ("dim", "normalized"))
+    if not same or not shard_is_done(out_dir, {"shards": {spec.name: entry}}, spec):
+        return False
+    commit_shards(out_dir, shard_header, [entry])
+    return True
+
+
+def pending_shards(corpus: Corpus, out_dir: str | Path, header: dict[str, Any],
+                   shard_ids: Sequence[int] | None = None, verify: bool = True) -> list[ShardSpec]:
+    """The shards (of ``shard_ids``, default all) not yet done in ``out_dir``; checks the identity first.
+
+    A shard absent from the manifest whose files and ``shard-XXXXX.json`` sidecar are present
+    and verify (e.g. copied from another machine's output) is recorded as done, not redone.
+    """
+    out_dir = Path(out_dir)
+    specs = shard_ranges(len(corpus), header["num_shards"])
+    if shard_ids is not None:
+        for shard_id in shard_ids:
+            if not 0 <= shard_id < header["num_shards"]:
+                raise ConfigError(f"shard id {shard_id} is out of range for {header['num_shards']} shards "
+                                  f"(valid: 0..{header['num_shards'] - 1})")
+        specs = [specs[i] for i in shard_ids]
+    manifest = current_manifest(out_dir)
+    if manifest is not None:
+        _check_identity(out_dir, manifest, header)
+    return [spec for spec in specs
+            if not shard_is_done(out_dir, manifest, spec, verify) and not _adopt(out_dir, header, spec)]
+
+
+# -- reading ------------------------------------------------------------------------------
+class Embeddings:
+    """A complete set of encoded shards, read shard by shard (memory-mapped)."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.dir = Path(out_dir)
+        self.manifest = manifest = read_manifest(self.dir, "embeddings")
+        missing = [s.shard_id for s in shard_ranges(manifest["num_docs"], manifest["num_shards"])
+                   if s.name not in manifest["shards"]]
+        if missing:
+            listed = ", ".join(map(str, missing[:10]))
+            raise DataFormatError(self.dir / MANIFEST, None,
+                                  f"{len(missing)} of {manifest['num_shards']} shards not encoded yet (shard ids {listed})",
+                                  f"run `nestrank encode --out {self.dir} --num-shards {manifest['num_shards']}` "
+                                  "(with --shard-id for each missing one) to finish")
+
+    @property
+    def dim(self) -> int:
+        """Vector dimension."""
+        return int(self.manifest["dim"])
+
+    @property
+    def num_docs(self) -> int:
+        """Total number of documents."""
+        return int(self.manifest["num_docs"])
+
+    @property
+    def shard_names(self) -> list[str]:
+        """Shard names in shard-id order."""
+        return [s.name for s in shard_ranges(self.num_docs, int(self.manifest["num_shards"]))]
+
+    def shard(self, name: str) -> tuple[list[str], np.ndarray]:
+        """``(doc_ids, vectors)`` of one shard; vectors are a read-only memory map."""
+        entry = self.manifest["shards"][name]
+        vec_path, ids_path = self.dir / entry["file"], self.dir / entry["ids"]
+        for path in (vec_path, ids_path):
+            if not path.is_file():
+                raise DataFormatError(path, None, "embedding shard file missing",
+                                      f"re-run `nestrank encode --out {self.dir}` to rebuild it")
+        vectors = np.load(vec_path, mmap_mode="r", allow_pickle=False)
+        ids = ids_path.read_text(encoding="utf-8").splitlines()
+        if vectors.shape != (entry["count"], self.dim) or len(ids) != entry["count"]:
+            raise DataFormatError(vec_path, None, f"shard has {vectors.shape} vectors and {len(ids)} ids, the "
+                                  f"manifest says ({entry['count']}, {self.dim})",
+                                  f"delete the shard's files and re-run `nestrank encode --out {self.dir}`")
+        return ids, vectors
+
+    def __iter__(self) -> Iterator[tuple[list[str], np.ndarray]]:
+        for name in self.shard_names:
+            yield self.shard(name)
+
+    def load_all(self) -> tuple[list[str], np.ndarray]:
+        """All ids and vectors (float32) concatenated in corpus order; for small corpora and tests."""
+        ids: list[str] = []
+        parts = []
+        for shard_ids, vectors in self:
+            ids.extend(shard_ids)
+            parts.append(np.asarray(vectors, dtype=np.float32))
+        return ids, np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
