@@ -335,7 +335,7 @@ def main() -> None:
     runs = bm25_runs(ds, out, {"train": train_queries, "test": test_queries})
     figures["bm25_minutes"] = round((time.perf_counter() - clock) / 60, 2)
     if not groups_path.is_file():
-        stats = mine_to_file(groups_path, [runs["train"]], train_qrels, ds.queries, ds.corpus, depth=(0, 100),
+        stats = mine_to_file(groups_path, [runs["train"]], train_qrels, ds.queries, ds.corpus, rank_window=(0, 100),
                              negatives=15, seed=0)
         print(stats.summary(), file=sys.stderr, flush=True)
 

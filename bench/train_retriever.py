@@ -140,7 +140,7 @@ def main() -> None:
     figures["bm25_seconds"] = round(time.perf_counter() - start, 1)
 
     if not groups_path.is_file():
-        stats = mine_to_file(groups_path, [runs["train"]], train_qrels, ds.queries, ds.corpus, depth=(0, 100),
+        stats = mine_to_file(groups_path, [runs["train"]], train_qrels, ds.queries, ds.corpus, rank_window=(0, 100),
                              negatives=15, seed=0)
         print(stats.summary(), flush=True)
 

@@ -148,3 +148,34 @@ def test_cli_run_writes_costs_that_evaluate_shows_and_ask_prints_titles(tmp_path
     assert shown.exit_code == 0 and "FLOPs" in shown.stdout and "ms/query" in shown.stdout, shown.output
     asked = runner.invoke(app, ["ask", "--pipeline", str(pipeline), "--dataset", str(tiny_beir), "why do cats purr"])
     assert asked.exit_code == 0 and "Cats" in asked.stdout, asked.output
+
+
+def test_hybrid_first_stage_equals_the_hybrid_index_and_fuses_its_own_way(tmp_path):
+    from test_encode import HashEncoder, make_corpus
+
+    from nestrank.pipeline import FirstStage
+    from nestrank.retrieve import build_vector_index
+    from nestrank.retrieve.encode import encode_corpus
+    from nestrank.retrieve.fusion import linear_fusion
+
+    corpus = make_corpus(300)
+    encode_corpus(corpus, HashEncoder(16), tmp_path / "emb", dtype="float32", model="hash-encoder", preset="test")
+    index = build_vector_index("hybrid", tmp_path / "hyb", corpus, embeddings=tmp_path / "emb", rrf_k=30,
+                               fusion_depth=50)
+    queries = {"a": "text number 17 title", "b": corpus["d42"].full_text}
+    encoder = HashEncoder(16)
+    rrf = FirstStage.open(FirstStageSection(method="hybrid", index=str(tmp_path / "hyb"), rrf_k=30.0, fusion_depth=50,
+                                            k=10), corpus)
+    rrf.encoder = encoder
+    assert rrf.search(queries).to_dict() == index.search(queries, k=10, encoder=encoder).to_dict()
+    section = FirstStageSection(method="hybrid", index=str(tmp_path / "hyb"), fusion="linear", weights=[0.3, 0.7],
+                                fusion_depth=50, k=10)
+    linear = FirstStage(section, bm25=index.bm25, dense=index.dense, encoder=encoder)
+    expected = linear_fusion([index.bm25.search(queries, 50), index.dense.search(queries, 50, encoder=encoder)],
+                             weights=[0.3, 0.7], k=10)
+    assert linear.search(queries).to_dict() == expected.to_dict()
+    dense_only = FirstStage.open(FirstStageSection(method="dense", index=str(tmp_path / "hyb"), k=5), corpus)
+    dense_only.encoder = encoder
+    assert dense_only.search(queries).to_dict() == index.dense.search(queries, 5, encoder=encoder).to_dict()
+    with pytest.raises(ConfigError, match="is a dense index.*point index to a hybrid index"):
+        FirstStage.open(FirstStageSection(method="hybrid", index=str(tmp_path / "hyb" / "dense")), corpus)

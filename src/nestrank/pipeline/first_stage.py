@@ -71,8 +71,9 @@ class FirstStage:
             return cls(section, encoder=encoder, **parts)
         if built == "hybrid":  # one of its two halves
             return cls(section, encoder=encoder, **{method: getattr(index, method)})
+        wanted = "a hybrid index" if method == "hybrid" else f"a {method} or hybrid index"
         raise ConfigError(f"first_stage.index {path} is a {built} index, but first_stage.method is {method!r} "
-                          f"(fix: set method = {built!r}, or point index to a {method} or hybrid index)")
+                          f"(fix: set method = {built!r}, or point index to {wanted})")
 
     def search(self, queries: Mapping[str, str]) -> Run:
         """The top ``section.k`` candidates of every query (``{query_id: text}``)."""
@@ -85,7 +86,7 @@ class FirstStage:
             return self.dense.search(queries, s.k, encoder=self.encoder)
         depth = max(s.k, s.fusion_depth)
         runs = [self.bm25.search(queries, depth), self.dense.search(queries, depth, encoder=self.encoder)]
-        return fuse(runs, s.fusion, s.weights, rrf_k=s.rrf_k, norm=s.norm, depth=s.k)  # type: ignore[arg-type]
+        return fuse(runs, s.fusion, s.weights, rrf_k=s.rrf_k, norm=s.norm, k=s.k)  # type: ignore[arg-type]
 
 
 def _method_of(index: Any) -> str:
