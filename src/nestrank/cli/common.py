@@ -17,8 +17,11 @@ DatasetOpt = Annotated[
     typer.Option("--dataset", "-d", help="BEIR directory, or a BEIR dataset name (found in $NESTRANK_DATA "
                  "or the cache dir, downloaded if missing)."),
 ]
-CorpusOpt = Annotated[Path | None, typer.Option("--corpus", help="Corpus file (.jsonl or .tsv) instead of --dataset.")]
-QueriesOpt = Annotated[Path | None, typer.Option("--queries", help="Queries file (.jsonl or .tsv) instead of --dataset.")]
+CorpusOpt = Annotated[Path | None, typer.Option("--corpus", help="Corpus instead of --dataset: a .jsonl or .tsv "
+                                                "file, or a TREC SGML collection (file, .gz or directory).")]
+QueriesOpt = Annotated[Path | None, typer.Option("--queries", help="Queries instead of --dataset: a .jsonl or .tsv "
+                                                 "file, or a TREC topic file (titles; other fields: `nestrank data "
+                                                 "convert --kind queries --topic-field desc`).")]
 QrelsOpt = Annotated[Path | None, typer.Option("--qrels", help="Qrels file (BEIR TSV or TREC) instead of --dataset.")]
 SplitOpt = Annotated[str, typer.Option("--split", help="Dataset split whose qrels/queries are used.")]
 

@@ -13,13 +13,13 @@ data_app = typer.Typer(help="Convert data files between formats; download BEIR d
 app.add_typer(data_app, name="data")
 
 _KINDS = "corpus, queries, qrels, run, groups"
-_FORMATS = ("corpus/queries: jsonl|tsv; qrels: tsv|trec; run: trec|tsv; "
+_FORMATS = ("corpus/queries: jsonl|tsv (read also: trec SGML collections and topic files); qrels: tsv|trec; run: trec|tsv; "
             "groups: tevatron-ids|tevatron-passages|flagembedding")
 
 
 @data_app.command("convert")
 def convert_command(
-    src: Annotated[Path, typer.Argument(help="Input file.", show_default=False)],
+    src: Annotated[Path, typer.Argument(help="Input file (or a TREC collection directory).", show_default=False)],
     dst: Annotated[Path, typer.Argument(help="Output file (written atomically).", show_default=False)],
     kind: Annotated[str, typer.Option("--kind", "-k", help=f"What the file holds: {_KINDS}.", show_default=False)],
     to: Annotated[str | None, typer.Option("--to", help=f"Output format ({_FORMATS}). Default: from DST's "
@@ -34,12 +34,14 @@ def convert_command(
     tag: Annotated[str, typer.Option("--tag", help="Runs: the tag column of a TREC run.")] = "nestrank",
     skip_empty: Annotated[bool, typer.Option("--skip-empty", help="Corpus: drop documents with no text "
                                              "instead of failing.")] = False,
+    topic_field: Annotated[str, typer.Option("--topic-field", help="TREC topic files: the field that becomes "
+                                             "the query (title, desc, narr, title+desc).")] = "title",
 ) -> None:
     """Convert SRC to DST, e.g. `nestrank data convert --kind corpus collection.tsv corpus.jsonl`."""
     from nestrank.data.convert import convert
 
     done = convert(kind, src, dst, to=to, src_fmt=src_fmt, corpus=corpus, queries=queries, top_k=top, tag=tag,
-                   skip_empty=skip_empty)
+                   skip_empty=skip_empty, topic_field=topic_field)
     typer.echo(f"wrote {done.count} {done.kind} records to {done.path} ({done.fmt})")
 
 

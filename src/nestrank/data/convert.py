@@ -5,8 +5,8 @@ the suffix or the content); the output format comes from ``to`` or the output's 
 
 | kind    | formats                                                              |
 |---------|----------------------------------------------------------------------|
-| corpus  | ``jsonl`` (BEIR corpus.jsonl), ``tsv`` (``id<TAB>[title<TAB>]text``)   |
-| queries | ``jsonl`` (BEIR queries.jsonl), ``tsv`` (``id<TAB>text``)              |
+| corpus  | ``jsonl`` (BEIR corpus.jsonl), ``tsv`` (``id<TAB>[title<TAB>]text``); read also ``trec`` (SGML ``<DOC>`` collections: a file, gzipped or not, or a directory) |
+| queries | ``jsonl`` (BEIR queries.jsonl), ``tsv`` (``id<TAB>text``); read also ``trec`` (``<top>`` topic files, the ``topic_field`` as text) |
 | qrels   | ``tsv`` (BEIR, with header), ``trec`` (``qid 0 docid grade``)          |
 | run     | ``trec`` (``qid Q0 docid rank score tag``), ``tsv`` (MS MARCO ``qid<TAB>docid<TAB>rank``) |
 | groups  | ``tevatron-ids``, ``tevatron-passages``, ``flagembedding``             |
@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from nestrank.data.corpus import CORPUS_FORMATS, Corpus, detect_format, write_corpus
+from nestrank.data.corpus import CORPUS_FORMATS, READ_FORMATS, Corpus, detect_format, write_corpus
 from nestrank.data.groups import GROUP_FORMATS, read_groups, write_groups
 from nestrank.data.qrels import Qrels
 from nestrank.data.queries import Queries
@@ -33,6 +33,8 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "groups": GROUP_FORMATS,
 }
 KINDS = tuple(FORMATS)
+#: Formats read but never written.
+INPUT_FORMATS: dict[str, tuple[str, ...]] = {**FORMATS, "corpus": READ_FORMATS, "queries": ("jsonl", "tsv", "trec")}
 
 
 @dataclass(frozen=True)
@@ -68,19 +70,21 @@ def output_format(kind: str, dst: str | Path, to: str | None = None) -> str:
 
 def convert(kind: str, src: str | Path, dst: str | Path, *, to: str | None = None, src_fmt: str | None = None,
             corpus: Corpus | str | Path | None = None, queries: Mapping[str, str] | str | Path | None = None,
-            top_k: int | None = None, tag: str = "nestrank", skip_empty: bool = False) -> Converted:
+            top_k: int | None = None, tag: str = "nestrank", skip_empty: bool = False, topic_field: str = "title"
+            ) -> Converted:
     """Read ``src`` as ``kind`` and write it to ``dst`` in another format, atomically.
 
     ``src_fmt`` overrides input detection (corpus/queries: ``jsonl``/``tsv``; run:
     ``trec``/``tsv``; groups: a group format). ``corpus``/``queries`` resolve the ids of
     ``tevatron-ids`` groups and, for qrels and runs, check that every id is known.
     ``top_k`` keeps the best ``k`` results per query of a run; ``tag`` names a TREC run;
-    ``skip_empty`` drops documents with no text instead of failing.
+    ``skip_empty`` drops documents with no text instead of failing; ``topic_field`` is the field of
+    a TREC topic file that becomes the query text (title, desc, narr or title+desc).
     """
     fmt = output_format(kind, dst, to)
     src, dst = Path(src), Path(dst)
-    if src_fmt is not None and src_fmt not in FORMATS[kind]:
-        raise ConfigError(f"{kind} cannot be read as {src_fmt!r} (fix: use one of {', '.join(FORMATS[kind])})")
+    if src_fmt is not None and src_fmt not in INPUT_FORMATS[kind]:
+        raise ConfigError(f"{kind} cannot be read as {src_fmt!r} (fix: use one of {', '.join(INPUT_FORMATS[kind])})")
     if top_k is not None and (kind != "run" or top_k < 1):
         raise ConfigError("top_k applies to runs only and must be >= 1 (fix: drop --top or use --kind run)")
     docs = Corpus.open(corpus) if isinstance(corpus, str | Path) else corpus
@@ -88,7 +92,7 @@ def convert(kind: str, src: str | Path, dst: str | Path, *, to: str | None = Non
     if kind == "corpus":
         count = write_corpus(dst, Corpus.open(src, src_fmt, on_empty="skip" if skip_empty else "error"), fmt)
     elif kind == "queries":
-        items = Queries.read(src, src_fmt)
+        items = Queries.read(src, src_fmt, field=topic_field)
         items.write(dst, fmt)
         count = len(items)
     elif kind == "qrels":

@@ -31,6 +31,8 @@ ID_KEYS = ("_id", "id", "docid", "doc_id")
 TEXT_KEYS = ("text", "contents")
 OnEmpty = Literal["error", "skip"]
 CORPUS_FORMATS = ("jsonl", "tsv")
+#: What a corpus can be read from: the written formats and TREC SGML collections.
+READ_FORMATS = (*CORPUS_FORMATS, "trec")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,14 +50,27 @@ class Document:
 
 
 def detect_format(path: Path) -> str:
-    """Guess a file format from its suffix: ``jsonl`` or ``tsv``."""
+    """Guess a file's format: ``jsonl`` or ``tsv`` from the suffix; ``trec`` (SGML) for a directory, a
+    ``.sgml``/``.trec``/``.gz`` file or an existing file whose first line starts with ``<``."""
     suffix = path.suffix.lower()
+    if path.is_dir() or suffix in (".sgml", ".trec", ".gz", ".z"):
+        return "trec"
     if suffix in (".jsonl", ".json"):
         return "jsonl"
+    if path.is_file() and _first_line(path).startswith(b"<"):
+        return "trec"
     if suffix in (".tsv", ".txt"):
         return "tsv"
     raise DataFormatError(path, None, f"cannot tell the format of a {suffix or 'suffix-less'} file",
                           "name it .jsonl or .tsv, or pass the format explicitly")
+
+
+def _first_line(path: Path) -> bytes:
+    with path.open("rb") as handle:
+        for raw in handle:
+            if raw.strip():
+                return raw.lstrip(b"\xef\xbb\xbf").strip()
+    return b""
 
 
 def parse_document(raw: bytes, fmt: str, path: Path | str | None, line_no: int) -> Document | None:
@@ -135,14 +150,30 @@ class Corpus:
     def open(cls, path: str | Path, fmt: str | None = None, on_empty: OnEmpty = "error") -> Corpus:
         """Scan a corpus file once, validating every line and recording its byte offset.
 
+        ``fmt`` is ``jsonl``, ``tsv`` or ``trec`` (default: :func:`detect_format`). A TREC SGML
+        collection (a file, gzipped or not, or a directory of them; :mod:`nestrank.data.trec`)
+        is read into memory; convert a large one to JSONL once (``nestrank data convert``) to
+        stream it.
+
         ``on_empty="error"`` (default) rejects documents whose title and text are both
         empty; ``"skip"`` leaves them out.
         """
         path = Path(path)
+        if not path.exists():
+            raise DataFormatError(path, None, "corpus file not found",
+                                  "check the path (a .jsonl or .tsv file, or a TREC collection)")
+        fmt = fmt or detect_format(path)
+        if fmt == "trec":  # multi-line SGML documents, maybe gzipped: read into memory
+            from nestrank.data.trec import iter_trec_documents
+
+            corpus = cls.from_documents(iter_trec_documents(path), on_empty)
+            corpus.path, corpus.fmt = path, fmt
+            return corpus
         if not path.is_file():
-            raise DataFormatError(path, None, "corpus file not found", "check the path (a .jsonl or .tsv file)")
+            raise DataFormatError(path, None, f"a directory, but format {fmt!r} is read from one file",
+                                  "point to the file, or use a TREC collection directory")
         corpus = cls()
-        corpus.path, corpus.fmt = path, fmt or detect_format(path)
+        corpus.path, corpus.fmt = path, fmt
         offsets = array("q")  # compact while scanning: 8 bytes per document, not a Python int
         line_numbers = array("q")
         offset = 0

@@ -39,12 +39,18 @@ class Queries(Mapping[str, str]):
         return Queries({q: t for q, t in self._items.items() if q in query_ids}, self.path)
 
     @classmethod
-    def read(cls, path: str | Path, fmt: str | None = None) -> Queries:
-        """Read ``queries.jsonl`` (``_id``/``id`` + ``text``) or ``queries.tsv`` (``id<TAB>text``)."""
+    def read(cls, path: str | Path, fmt: str | None = None, field: str = "title") -> Queries:
+        """Read ``queries.jsonl`` (``_id``/``id`` + ``text``), ``queries.tsv`` (``id<TAB>text``) or a TREC topic
+        file (``<top><num><title><desc><narr>``; ``field`` chooses the text: title, desc, narr or title+desc)."""
         path = Path(path)
         if not path.is_file():
-            raise DataFormatError(path, None, "queries file not found", "check the path (a .jsonl or .tsv file)")
+            raise DataFormatError(path, None, "queries file not found",
+                                  "check the path (a .jsonl or .tsv file, or a TREC topic file)")
         fmt = fmt or detect_format(path)
+        if fmt == "trec":
+            from nestrank.data.trec import read_trec_topics
+
+            return cls(read_trec_topics(path, field), path)
         items: dict[str, str] = {}
         first_line: dict[str, int] = {}
         for line_no, line in iter_lines(path):
