@@ -14,7 +14,7 @@ from typing import Any
 
 from nestrank.data.corpus import Document
 
-__all__ = ["PairShapes", "flops_ratio", "pair_shapes"]
+__all__ = ["PairShapes", "flops_ratio", "pair_shapes", "pairs_flops"]
 
 #: ``(query tokens, passage tokens, other tokens) -> number of pairs``.
 PairShapes = Counter[tuple[int, int, int]]
@@ -31,8 +31,8 @@ def pair_shapes(reranker: Any, pairs: Iterable[tuple[str, Document | str]]) -> P
     return shapes
 
 
-def flops_ratio(reranker: Any, config: Any, shapes: PairShapes) -> float | None:
-    """Summed FLOPs of ``shapes`` under ``config`` over the full model's; ``None`` if the reranker has no FLOPs model.
+def pairs_flops(reranker: Any, config: Any, shapes: PairShapes) -> tuple[float, float] | None:
+    """Summed FLOPs of ``shapes`` under ``config`` and under the full model; ``None`` without a FLOPs model.
 
     Only the Matryoshka reranker changes cost with its configuration; other rerankers
     (pointwise) always run the full model and get ``None``.
@@ -41,5 +41,11 @@ def flops_ratio(reranker: Any, config: Any, shapes: PairShapes) -> float | None:
         return None
     cost = sum(n * reranker.flops(config, *shape) for shape, n in shapes.items())
     full = sum(n * reranker.flops(None, *shape) for shape, n in shapes.items())
-    return cost / full if full else None
+    return cost, full
+
+
+def flops_ratio(reranker: Any, config: Any, shapes: PairShapes) -> float | None:
+    """Summed FLOPs of ``shapes`` under ``config`` over the full model's (see :func:`pairs_flops`)."""
+    sums = pairs_flops(reranker, config, shapes)
+    return None if sums is None or not sums[1] else sums[0] / sums[1]
 

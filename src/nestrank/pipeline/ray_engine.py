@@ -75,14 +75,15 @@ def search_ray(config: PipelineConfig, queries: Mapping[str, str], corpus_path: 
 
 
 def _merge(stages: dict[str, StageStats], stage: StageStats) -> None:
-    """Add one batch's stage figures into the totals (FLOPs ratio weighted by pairs)."""
+    """Add one batch's stage figures into the totals (the FLOPs ratio of the summed FLOPs)."""
     total = stages.get(stage.name)
     if total is None:
         stages[stage.name] = stage
         return
-    pairs = total.pairs + stage.pairs
-    if total.flops_ratio is not None and stage.flops_ratio is not None and pairs:
-        total.flops_ratio = (total.flops_ratio * total.pairs + stage.flops_ratio * stage.pairs) / pairs
     total.seconds += stage.seconds
     total.queries += stage.queries
-    total.pairs = pairs
+    total.pairs += stage.pairs
+    if total.details.get("flops") is not None and stage.details.get("flops") is not None:
+        total.details["flops"] += stage.details["flops"]
+        total.details["full_flops"] += stage.details["full_flops"]
+        total.flops_ratio = total.details["flops"] / total.details["full_flops"]

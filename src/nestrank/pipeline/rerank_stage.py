@@ -83,7 +83,7 @@ class RerankStage:
     def apply(self, candidates: Run, queries: Mapping[str, str], corpus: Corpus, *, show_progress: bool = False
               ) -> tuple[Run, StageStats]:
         """Rerank ``candidates`` and interpolate; returns the run and the stage's :class:`StageStats`."""
-        from nestrank.pipeline.cost import flops_ratio, pair_shapes
+        from nestrank.pipeline.cost import pair_shapes, pairs_flops
         from nestrank.pipeline.interpolate import interpolate
         from nestrank.pipeline.pipeline import StageStats
         from nestrank.rerank import rerank_run
@@ -96,11 +96,13 @@ class RerankStage:
                                                               self.norm)
         pairs = [(queries[qid], doc) for qid in candidates
                  for doc in corpus.get_many(candidates.doc_ids(qid, self.rerank_depth))]
-        ratio = flops_ratio(self.reranker, self.config, pair_shapes(self.reranker, pairs)) \
+        sums = pairs_flops(self.reranker, self.config, pair_shapes(self.reranker, pairs)) \
             if hasattr(self.reranker, "flops") else None
+        ratio = sums[0] / sums[1] if sums and sums[1] else None
         from nestrank.models.maxp import MaxPReranker
 
         details = {"profile": self.profile, "config": self.config or "full", "rerank_depth": self.rerank_depth,
                    "weight": self.weight, "norm": self.norm,
-                   "doc_mode": "maxp" if isinstance(self.reranker, MaxPReranker) else "truncate"}
+                   "doc_mode": "maxp" if isinstance(self.reranker, MaxPReranker) else "truncate",
+                   "flops": sums[0] if sums else None, "full_flops": sums[1] if sums else None}
         return run, StageStats("rerank", seconds, len(candidates), len(pairs), ratio, details)
