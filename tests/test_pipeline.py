@@ -179,3 +179,19 @@ def test_hybrid_first_stage_equals_the_hybrid_index_and_fuses_its_own_way(tmp_pa
     assert dense_only.search(queries).to_dict() == index.dense.search(queries, 5, encoder=encoder).to_dict()
     with pytest.raises(ConfigError, match="is a dense index.*point index to a hybrid index"):
         FirstStage.open(FirstStageSection(method="hybrid", index=str(tmp_path / "hyb" / "dense")), corpus)
+
+
+def test_cli_sample_runs_the_same_queries_that_evaluate_scores_and_plots(tmp_path, tiny_beir):
+    pipeline = write_toml(tmp_path / "bm25.toml", '[first_stage]\nmethod = "bm25"\n')
+    runner = CliRunner()
+    out = tmp_path / "bm25.run"
+    ran = runner.invoke(app, ["pipeline", "run", "-c", str(pipeline), "-d", str(tiny_beir), "--sample", "1",
+                              "--seed", "3", "--out", str(out), "--no-progress"])
+    assert ran.exit_code == 0, ran.output
+    assert json.loads(ran.stdout.strip().splitlines()[-1])["queries"] == 1
+    png = tmp_path / "cost.png"
+    shown = runner.invoke(app, ["evaluate", "-d", str(tiny_beir), "--sample", "1", "--seed", "3", str(out),
+                                "--plot", str(png)])
+    assert shown.exit_code == 0, shown.output
+    assert "seeded sample 3 of 2" in shown.stdout and "note:" not in shown.output  # the sampled query is in the run
+    assert png.stat().st_size > 1000

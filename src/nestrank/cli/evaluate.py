@@ -28,6 +28,11 @@ def evaluate_command(
     test: Annotated[str, typer.Option("--test", help="Significance test vs the first run: t (paired t-test) or "
                                       "permutation (paired randomisation).")] = "t",
     alpha: Annotated[float, typer.Option("--alpha", help="Significance level of the table's markers.")] = 0.05,
+    sample: Annotated[int | None, typer.Option("--sample", help="Evaluate a seeded sample of N judged queries "
+                                               "(the one `nestrank pipeline run --sample N` ran).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --sample.")] = 0,
+    plot: Annotated[Path | None, typer.Option("--plot", help="Also draw the first metric against ms/query of the "
+                                              "runs a pipeline wrote (RUN.meta.json) into this PNG.")] = None,
 ) -> None:
     """Evaluate runs, e.g. `nestrank evaluate --dataset scifact --split test bm25.run hybrid.run`.
 
@@ -45,6 +50,12 @@ def evaluate_command(
     if len(set(labels)) != len(labels):
         raise ConfigError("the same run file is given twice")
     judgements = open_dataset(dataset, qrels=qrels, split=split).qrels(split)
+    total = len(judgements)
+    if sample is not None:
+        from nestrank.data import Qrels
+        from nestrank.data.queries import sample_ids
+
+        judgements = Qrels({qid: judgements[qid] for qid in sample_ids(judgements, sample, seed)})
     loaded = {label: Run.read_trec(path) for label, path in zip(labels, runs, strict=True)}
     for label, run in loaded.items():
         missing = sum(1 for qid in judgements if not run.get(qid))
@@ -59,8 +70,19 @@ def evaluate_command(
     if as_json:
         typer.echo(json.dumps({run: {**means, **costs.get(run, {})} for run, means in comparison.means.items()}))
         return
-    title = f"{len(judgements)} judged queries" + (f" ({dataset}, {split})" if dataset else "")
+    title = (f"{len(judgements)} judged queries" + (f" (seeded sample {seed} of {total})" if sample else "")
+             + (f" ({dataset}, {split})" if dataset else ""))
     Console().print(comparison.table(title=title, costs=costs))
+    if plot is not None:
+        from nestrank.evaluate.plot import plot_quality_vs_cost
+
+        first = comparison.metrics[0]
+        points = {run: (costs[run]["ms/query"], comparison.means[run][first]) for run in comparison.means
+                  if costs.get(run, {}).get("ms/query") is not None}
+        if not points:
+            raise ConfigError("--plot needs runs written by `nestrank pipeline run` (their RUN.meta.json has the costs)")
+        plot_quality_vs_cost(points, plot, metric=first, title=title)
+        typer.echo(f"plotted {len(points)} runs -> {plot}", err=True)
 
 
 def _costs(paths: dict[str, Path]) -> dict[str, dict[str, float | None]]:

