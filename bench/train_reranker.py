@@ -26,7 +26,7 @@ checkpoints there, so give every hyperparameter setting its own ``--out``):
    draws ``--queries`` (100) of them. Passages are truncated to the recipe's
    ``data.passage_max_length`` (what each checkpoint records), or to ``--passage-tokens`` when
    given (a scoring-time setting to choose on validation; the 128-token SciFact models did not
-   score better at 256, docs/training.md section 9). Reranking runs one pass per width and
+   score better at 256, docs/results.md section 5.3). Reranking runs one pass per width and
    reads every exit of that width from it (``nestrank.rerank.rerank_run_exits``): the
    full-width pass gives ``*_full`` and every sweep depth at full width; the light configuration joins the pass of its width.
 5. ``sweep``: the quality-vs-FLOPs table (the paper's Figure 4): nDCG@10 and relative FLOPs (the
