@@ -8,5 +8,6 @@ from nestrank.cli import (
     mine,  # noqa: F401
     rerank,  # noqa: F401
     retrieval,  # noqa: F401
+    serve,  # noqa: F401
     train,  # noqa: F401
 )

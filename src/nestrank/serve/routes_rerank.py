@@ -43,7 +43,8 @@ async def _scored(request: Request, response: Response, body, documents, param: 
     return texts, outcome
 
 
-@router.post("/v2/rerank", response_model=CohereRerankResponse, responses=responses(), tags=["rerank"])
+@router.post("/v2/rerank", response_model=CohereRerankResponse, responses=responses(),
+             tags=["rerank"])
 async def cohere_rerank(body: CohereRerankRequest, request: Request, response: Response) -> CohereRerankResponse:
     """Cohere v2 rerank: results best first (`index`, `relevance_score`), `meta` with what ran."""
     texts, outcome = await _scored(request, response, body, body.documents, max_tokens_per_doc=body.max_tokens_per_doc)
@@ -53,7 +54,7 @@ async def cohere_rerank(body: CohereRerankRequest, request: Request, response: R
     return CohereRerankResponse(id=str(uuid.uuid4()), results=results, meta=outcome.meta())
 
 
-@router.post("/v1/rerank", response_model=JinaRerankResponse, response_model_exclude_none=True,
+@router.post("/v1/rerank", response_model=JinaRerankResponse,
              responses=responses(), tags=["rerank"])
 async def jina_rerank(body: JinaRerankRequest, request: Request, response: Response) -> JinaRerankResponse:
     """Jina rerank: like Cohere's, with `document.text` (unless `return_documents` is false) and `usage`."""
@@ -66,7 +67,7 @@ async def jina_rerank(body: JinaRerankRequest, request: Request, response: Respo
                               usage=Usage(total_tokens=outcome.tokens, prompt_tokens=outcome.tokens))
 
 
-@router.post("/rerank", response_model=list[TeiRank], response_model_exclude_none=True, responses=responses(tei=True),
+@router.post("/rerank", response_model=list[TeiRank], responses=responses(tei=True),
              tags=["rerank"])
 async def tei_rerank(body: TeiRerankRequest, request: Request, response: Response) -> list[TeiRank]:
     """text-embeddings-inference rerank: a bare array `[{index, score, text?}]`, best first."""
@@ -76,7 +77,8 @@ async def tei_rerank(body: TeiRerankRequest, request: Request, response: Respons
             for i in service.order(outcome.rows, None)]
 
 
-@router.post("/v1/score", response_model=ScoreResponse, responses=responses(), tags=["rerank"])
+@router.post("/v1/score", response_model=ScoreResponse, responses=responses(),
+             tags=["rerank"])
 async def score(body: ScoreRequest, request: Request, response: Response) -> ScoreResponse:
     """Raw reranker scores in input order (not sorted), as `reranker.score` returns them."""
     texts, outcome = await _scored(request, response, body, body.documents, max_tokens_per_doc=body.max_tokens_per_doc)

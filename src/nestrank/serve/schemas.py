@@ -92,7 +92,7 @@ class JinaDocument(BaseModel):
 class JinaResult(BaseModel):
     index: int
     relevance_score: float
-    document: JinaDocument | None = None
+    document: JinaDocument | None = Field(None, exclude_if=lambda value: value is None)
 
 
 class Usage(BaseModel):
@@ -123,7 +123,7 @@ class TeiRerankRequest(BaseModel):
 class TeiRank(BaseModel):
     index: int
     score: float
-    text: str | None = None
+    text: str | None = Field(None, exclude_if=lambda value: value is None)
 
 
 class ScoreRequest(BaseModel):
