@@ -97,11 +97,18 @@ def nestrank_server(models: list[str], out: Path, name: str, *extra: str) -> Ser
 
 
 async def closed_loop(url: str, bodies: list[dict], clients: int, duration: float, max_requests: int,
-                      items: int) -> dict:
-    """``clients`` concurrent clients sending ``bodies`` in turn; figures over the answered requests."""
+                      items: int, metrics_url: str | None = None) -> dict:
+    """``clients`` concurrent clients sending ``bodies`` in turn for ``duration`` seconds at most.
+
+    ``items_per_s`` counts what the server computed in the window (``nestrank_items_computed``
+    from ``metrics_url``) when given, else the items of the requests answered in it: rerank
+    requests are long next to a window on a busy CPU, so counting only finished requests would
+    undercount. Latencies are those of the requests answered in the window.
+    """
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     sent = 0
+    computed_before = computed(metrics_url)
     start = time.perf_counter()
     stop_at = start + duration
 
@@ -118,17 +125,40 @@ async def closed_loop(url: str, bodies: list[dict], clients: int, duration: floa
 
     async with httpx.AsyncClient(timeout=600, limits=httpx.Limits(max_connections=clients + 4)) as session:
         tasks = [asyncio.create_task(client(session)) for _ in range(clients)]
-        done, pending = await asyncio.wait(tasks, timeout=max(0.0, stop_at - time.perf_counter()) + 0.01)
-        if pending and sent >= max_requests:  # the request budget ran out first: let them finish
-            done, pending = await asyncio.wait(pending, timeout=max(0.0, stop_at - time.perf_counter()))
-        for task in pending:
+        _, pending = await asyncio.wait(tasks, timeout=max(0.0, stop_at - time.perf_counter()) + 0.01)
+        elapsed = time.perf_counter() - start
+        done_items = computed(metrics_url) - computed_before if metrics_url else len(latencies) * items
+        for task in pending:  # cancelled: the server drops their queued pairs
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-    elapsed = min(time.perf_counter(), stop_at) - start
-    return {"clients": clients, "requests": len(latencies), "items_per_s": round(len(latencies) * items / elapsed, 3),
+    settle(metrics_url)
+    return {"clients": clients, "requests": len(latencies), "items_per_s": round(done_items / elapsed, 3),
             "p50_ms": round(1000 * statistics.median(latencies), 1) if latencies else None,
             "p99_ms": round(1000 * _quantile(latencies, 0.99), 1) if latencies else None,
             "seconds": round(elapsed, 1), "statuses": statuses}
+
+
+def computed(metrics_url: str | None) -> float:
+    """Pairs (or texts) the server has computed so far, summed over its models."""
+    if metrics_url is None:
+        return 0.0
+    text = httpx.get(metrics_url, timeout=30).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("nestrank_items_computed_total"))
+
+
+def settle(metrics_url: str | None, limit_s: float = 90.0) -> None:
+    """Wait until the server computes nothing more (the batch cut off by a phase's end), at most ``limit_s``."""
+    if metrics_url is None:
+        return
+    deadline = time.monotonic() + limit_s
+    last = computed(metrics_url)
+    while time.monotonic() < deadline:
+        time.sleep(3)
+        now = computed(metrics_url)
+        if now == last:
+            return
+        last = now
 
 
 async def open_loop(server: Server, url: str, bodies: list[dict], rate: float, seconds: float) -> dict:
@@ -154,13 +184,18 @@ async def open_loop(server: Server, url: str, bodies: list[dict], rate: float, s
             i += 1
             next_at += rng.expovariate(rate)
             peak = max(peak, server.rss_mb())
-        while not all(t.done() for t in tasks):
+        drain_until = time.perf_counter() + 2 * seconds
+        while not all(t.done() for t in tasks) and time.perf_counter() < drain_until:
             await asyncio.sleep(0.2)
             peak = max(peak, server.rss_mb())
+        unanswered = sum(not t.done() for t in tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     server_errors = sum(n for s, n in statuses.items() if isinstance(s, int) and s >= 500)
     return {"rate_per_s": round(rate, 3), "seconds": seconds, "sent": len(tasks),
             "count_429": statuses.get(429, 0), "count_5xx": server_errors, "statuses": statuses,
-            "peak_rss_mb": round(peak, 1)}
+            "unanswered_after_2x_window": unanswered, "peak_rss_mb": round(peak, 1)}
 
 
 def _quantile(values: list[float], q: float) -> float:
@@ -264,7 +299,7 @@ def main() -> None:
             profiled = [{**b, "model": f"rerank:{profile}"} for b in bodies]
             for clients in levels:
                 figures = asyncio.run(closed_loop(server.url + "/v2/rerank", profiled, clients, args.duration,
-                                                  args.requests, args.docs))
+                                                  args.requests, args.docs, server.url + "/metrics"))
                 rerank[f"{profile}@{clients}"] = {"pairs_per_s": figures.pop("items_per_s"), **figures}
                 print(json.dumps({profile: rerank[f"{profile}@{clients}"]}), flush=True)
         result["rerank"] = rerank
@@ -272,8 +307,8 @@ def main() -> None:
         speed = {p: rerank[f"{p}@{top}"]["pairs_per_s"] for p in ("full", "light")}
         result["light_vs_full_at_passage_tokens"] = round(speed["light"] / max(speed["full"], 1e-9), 3)
         embed_dyn = asyncio.run(closed_loop(server.url + "/v1/embeddings", embed_bodies, 32, args.duration,
-                                            args.requests * 10, 1))
-        light_rate = rerank[f"light@{top}"]["requests"] / rerank[f"light@{top}"]["seconds"]
+                                            args.requests * 10, 1, server.url + "/metrics"))
+        light_rate = rerank[f"light@{top}"]["pairs_per_s"] / args.docs  # sustainable requests/s
         overload_bodies = [{**b, "model": "rerank:light"} for b in bodies]
         result["overload"] = asyncio.run(open_loop(server, server.url + "/v2/rerank", overload_bodies,
                                                    4 * max(light_rate, 0.05), args.overload_seconds))
@@ -291,7 +326,7 @@ def main() -> None:
         for profile in ("full", "light"):
             profiled = [{**b, "model": f"rerank:{profile}"} for b in bodies]
             ratio[profile] = asyncio.run(closed_loop(long_server.url + "/v2/rerank", profiled, 8, 2 * args.duration,
-                                                     args.requests, args.docs))
+                                                     args.requests, args.docs, long_server.url + "/metrics"))
         result["at_speed_tokens"] = {"passage_tokens": args.speed_tokens, **ratio}
         result["light_vs_full"] = round(ratio["light"]["items_per_s"] / max(ratio["full"]["items_per_s"], 1e-9), 3)
     finally:
@@ -300,7 +335,7 @@ def main() -> None:
     single = nestrank_server([f"embed={args.embedder}"], args.out, "nestrank-batch1", "--max-batch-size", "1")
     try:
         embed_one = asyncio.run(closed_loop(single.url + "/v1/embeddings", embed_bodies, 32, args.duration,
-                                            args.requests * 10, 1))
+                                            args.requests * 10, 1, single.url + "/metrics"))
     finally:
         single.stop()
     result["embeddings"] = {"dynamic": embed_dyn, "batch_size_1": embed_one}

@@ -194,3 +194,25 @@ def test_run_drops_the_job_when_the_client_disconnects():
     gate.set()
     sched.close(5)
     assert all(4.0 not in batch for _, batch in runner.batches)
+
+
+def test_a_cancelled_handler_drops_its_queued_items():
+    gate = threading.Event()
+    runner = Recorder(gate)
+    sched = scheduler(runner)
+    sched.submit(job([0.0]))
+    assert runner.running.wait(5)
+
+    async def main():
+        task = asyncio.create_task(sched.run(job([6.0, 7.0])))
+        await asyncio.sleep(0.05)
+        assert sched.queued_tokens == 20
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert sched.queued_tokens == 0
+    gate.set()
+    sched.close(5)
+    assert all(6.0 not in batch for _, batch in runner.batches)

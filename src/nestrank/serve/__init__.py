@@ -37,7 +37,10 @@ def create_app(settings: ServeSettings, state: ServerState | None = None) -> Fas
 
 def run(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8080, **uvicorn_options: Any) -> None:
     """Serve ``settings`` with uvicorn until SIGTERM/SIGINT (in-flight requests finish, queues drain)."""
+    import logging
+
     import uvicorn
 
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(name)s: %(message)s")
     uvicorn.run(create_app(settings), host=host, port=port, **{"timeout_graceful_shutdown": 60,
                                                                 "log_level": "info", **uvicorn_options})

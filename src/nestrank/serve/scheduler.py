@@ -175,20 +175,25 @@ class Scheduler:
 
         While waiting, ``disconnected()`` is polled every ``poll_s`` seconds; when it turns true,
         or the deadline passes, the job's queued items are dropped and :class:`Dropped` raised.
+        If the awaiting task is cancelled, the job's queued items are dropped too.
         """
         self.submit(job)
         waiter = asyncio.wrap_future(job.future)
-        while True:
-            left = job.deadline - time.monotonic()
-            if left <= 0:
-                self.cancel(job, "deadline")
-                return await waiter
-            done, _ = await asyncio.wait({waiter}, timeout=min(poll_s, left))
-            if done:
-                return waiter.result()
-            if disconnected is not None and await disconnected():
-                self.cancel(job, "disconnected")
-                return await waiter
+        try:
+            while True:
+                left = job.deadline - time.monotonic()
+                if left <= 0:
+                    self.cancel(job, "deadline")
+                    return await waiter
+                done, _ = await asyncio.wait({waiter}, timeout=min(poll_s, left))
+                if done:
+                    return waiter.result()
+                if disconnected is not None and await disconnected():
+                    self.cancel(job, "disconnected")
+                    return await waiter
+        except asyncio.CancelledError:  # the handler was cancelled (server shutting down, client gone)
+            self.cancel(job, "disconnected")
+            raise
 
     def close(self, timeout: float | None = None) -> bool:
         """Stop taking jobs, finish the queued ones, stop the worker; ``False`` if it outlived ``timeout``."""
