@@ -14,9 +14,9 @@ generator (traffic only to loopback, every phase bounded in requests and seconds
    8 clients (target >= 2.0).
 4. ``batching_gain``: MiniLM ``/v1/embeddings`` (one SciFact passage per request) at 32 clients,
    dynamic batching over the same server started with ``--max-batch-size 1`` (target >= 2.0).
-5. overload: open-loop Poisson arrivals at 4x the light profile's sustainable request rate for
-   ``--overload-seconds``, against a server whose queue is bounded (``--max-queued-tokens``):
-   count of 429s, of 5xx (target 0), and the server's peak RSS.
+5. overload: open-loop Poisson arrivals at 4x the light profile's sustainable request rate
+   (its 32-client pairs/s over 20) for ``--overload-seconds``, against the server's bounded queue
+   (``--max-queued-tokens``): count of 429s, of 5xx (target 0), and the server's peak RSS.
 6. peer: infinity-emb serving the same all-MiniLM-L6-v2 directory (installed, if missing, into
    its own venv under ``out/peer-infinity``; never a project dependency), ``/embeddings`` at 32
    clients: ``vs_infinity`` = nestrank's embeddings/s over infinity's (target >= 1.0).
@@ -277,7 +277,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per load phase")
     parser.add_argument("--requests", type=int, default=2000, help="requests per load phase at most")
     parser.add_argument("--overload-seconds", type=float, default=60.0)
-    parser.add_argument("--max-queued-tokens", type=int, default=32768, help="the overload server's queue bound")
+    parser.add_argument("--batch-tokens", type=int, default=1024, help="the reranker's --max-batch-tokens: small "
+                        "batches finish often, so a window counts them finely")
+    parser.add_argument("--max-queued-tokens", type=int, default=131072, help="queue bound (32 clients x 20 pairs "
+                        "fit)")
+    parser.add_argument("--timeout-ms", type=int, default=600000, help="server deadline (the queue of a busy CPU "
+                        "drains slowly)")
     parser.add_argument("--offline-queries", type=int, default=3)
     parser.add_argument("--no-peer", action="store_true", help="skip infinity-emb")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench-serve")
@@ -291,8 +296,9 @@ def main() -> None:
     embed_bodies = [{"model": "embed", "input": text} for text in texts]
 
     server = nestrank_server([f"rerank={args.reranker}", f"embed={args.embedder}"], args.out, "nestrank",
-                             "--max-tokens-per-doc", str(args.passage_tokens),
-                             "--max-queued-tokens", str(args.max_queued_tokens))
+                             "--max-tokens-per-doc", str(args.passage_tokens), "--max-batch-tokens",
+                             str(args.batch_tokens), "--max-queued-tokens", str(args.max_queued_tokens),
+                             "--timeout-ms", str(args.timeout_ms))
     try:
         rerank: dict = {}
         for profile in ("full", "light"):
@@ -320,7 +326,8 @@ def main() -> None:
     result["served_vs_offline"] = round(rerank[f"full@{top}"]["pairs_per_s"] / result["offline_pairs_per_s"], 3)
 
     long_server = nestrank_server([f"rerank={args.reranker}"], args.out, "nestrank-512",
-                                  "--max-tokens-per-doc", str(args.speed_tokens))
+                                  "--max-tokens-per-doc", str(args.speed_tokens), "--max-batch-tokens",
+                                  str(args.batch_tokens), "--timeout-ms", str(args.timeout_ms))
     try:
         ratio = {}
         for profile in ("full", "light"):

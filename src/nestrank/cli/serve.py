@@ -37,6 +37,8 @@ def serve_command(
                                                "directory).")] = None,
     search_model: Annotated[str | None, typer.Option("--search-model", help="Reranker NAME that reranks /search "
                                                      "results.")] = None,
+    search_rerank_depth: Annotated[int, typer.Option("--search-rerank-depth", help="/search candidates reranked "
+                                                     "when the request does not say.")] = 20,
     device: Annotated[str | None, typer.Option("--device", help="cuda, cpu (default: CUDA if available).")] = None,
     dtype: Annotated[str, typer.Option("--dtype", help="auto, float32, bfloat16, float16.")] = "auto",
     engine: Annotated[str, typer.Option("--engine", help="local (one uvicorn process) or ray (Ray Serve "
@@ -57,7 +59,7 @@ def serve_command(
         max_batch_size=max_batch_size, max_queued_tokens=max_queued_tokens,
         max_docs_per_request=max_docs_per_request, max_tokens_per_doc=max_tokens_per_doc,
         default_profile=default_profile, timeout_ms=timeout_ms, device=device, dtype=dtype, index=index,
-        corpus=corpus, search_model=search_model)
+        corpus=corpus, search_model=search_model, search_rerank_depth=search_rerank_depth)
     if engine == "local":
         from nestrank.serve import run
 

@@ -151,6 +151,10 @@ class RerankEngine:
                 "profiles": profiles}
 
 
+#: Scheduler key of embedding rows: query and passage rows, once tokenized, share batches.
+EMBED_KEY = "rows"
+
+
 class EmbedEngine:
     """A served dense encoder (OpenAI ``/v1/embeddings``, TEI ``/embed``)."""
 
@@ -183,7 +187,7 @@ class EmbedEngine:
             cut = self.encoder.tokenize([prefixed[i] for i in long], limit)
             for i, row in zip(long, cut, strict=True):
                 rows[i] = row
-        return Prepared(input_type, rows, [len(r) for r in rows], len(long), limit)
+        return Prepared(EMBED_KEY, rows, [len(r) for r in rows], len(long), limit)
 
     def run(self, key: Any, rows: list[list[int]]) -> np.ndarray:
         """Embeddings of one batch of token rows (worker thread)."""
