@@ -248,11 +248,13 @@ def infinity_server(out: Path, model_dir: Path) -> tuple[Server | None, str | No
     python = venv / "bin" / "python"
     log = out / "infinity-install.log"
     try:
-        if not (venv / "bin" / "infinity_emb").exists():
+        usable = python.exists() and subprocess.run([str(python), "-c", "import infinity_emb, sentence_transformers"],
+                                                    capture_output=True).returncode == 0
+        if not usable:
             with log.open("w") as handle:
                 if not python.exists():
                     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, stdout=handle, stderr=handle)
-                for spec in (["torch==2.13.0"], ["infinity-emb[server]"]):
+                for spec in (["torch==2.13.0"], ["infinity-emb[server,torch]"]):
                     subprocess.run([str(python), "-m", "pip", "install", "-q", *spec], check=True, stdout=handle,
                                    stderr=handle, timeout=1800)
         port = free_port()
@@ -262,6 +264,21 @@ def infinity_server(out: Path, model_dir: Path) -> tuple[Server | None, str | No
                                                                        "INFINITY_ANONYMOUS_USAGE_STATS": "0"}), None
     except (subprocess.SubprocessError, RuntimeError, OSError) as exc:
         return None, f"{type(exc).__name__}: {exc} (see {log} / {out / 'infinity.log'})"
+
+
+def compare_peer(args: argparse.Namespace, texts: list[str], embed_dyn: dict) -> dict:
+    """infinity-emb's ``/embeddings`` at 32 clients on the same MiniLM directory, and ``vs_infinity``."""
+    peer, why = infinity_server(args.out, minilm_dir())
+    if peer is None:
+        return {"nestrank_embeddings": embed_dyn, "vs_infinity": None, "infinity_error": why}
+    try:
+        peer_bodies = [{"model": "minilm", "input": [t]} for t in texts]
+        figures = asyncio.run(closed_loop(peer.url + "/embeddings", peer_bodies, 32, args.duration,
+                                          args.requests * 10, 1))
+    finally:
+        peer.stop()
+    return {"nestrank_embeddings": embed_dyn, "infinity": figures,
+            "vs_infinity": round(embed_dyn["items_per_s"] / max(figures["items_per_s"], 1e-9), 3)}
 
 
 def main() -> None:
@@ -285,6 +302,7 @@ def main() -> None:
                         "drains slowly)")
     parser.add_argument("--offline-queries", type=int, default=3)
     parser.add_argument("--no-peer", action="store_true", help="skip infinity-emb")
+    parser.add_argument("--peer-only", action="store_true", help="only MiniLM embeddings: nestrank vs infinity-emb")
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "bench-serve")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -294,6 +312,16 @@ def main() -> None:
     bodies, context = rerank_bodies(args.dataset, args.queries, args.docs)
     texts = [doc for body in bodies for doc in body["documents"]]
     embed_bodies = [{"model": "embed", "input": text} for text in texts]
+    if args.peer_only:
+        server = nestrank_server([f"embed={args.embedder}"], args.out, "nestrank-embed")
+        try:
+            embed_dyn = asyncio.run(closed_loop(server.url + "/v1/embeddings", embed_bodies, 32, args.duration,
+                                                args.requests * 10, 1, server.url + "/metrics"))
+        finally:
+            server.stop()
+        result.update(compare_peer(args, texts, embed_dyn))
+        print(json.dumps(result), flush=True)
+        return
 
     server = nestrank_server([f"rerank={args.reranker}", f"embed={args.embedder}"], args.out, "nestrank",
                              "--max-tokens-per-doc", str(args.passage_tokens), "--max-batch-tokens",
@@ -349,18 +377,7 @@ def main() -> None:
     result["batching_gain"] = round(embed_dyn["items_per_s"] / max(embed_one["items_per_s"], 1e-9), 3)
 
     if not args.no_peer:
-        peer, why = infinity_server(args.out, minilm_dir())
-        if peer is None:
-            result["vs_infinity"], result["infinity_error"] = None, why
-        else:
-            try:
-                peer_bodies = [{"model": "minilm", "input": [t]} for t in texts]
-                peer_figures = asyncio.run(closed_loop(peer.url + "/embeddings", peer_bodies, 32, args.duration,
-                                                       args.requests * 10, 1))
-            finally:
-                peer.stop()
-            result["infinity"] = peer_figures
-            result["vs_infinity"] = round(embed_dyn["items_per_s"] / max(peer_figures["items_per_s"], 1e-9), 3)
+        result.update(compare_peer(args, texts, embed_dyn))
     targets = {"served_vs_offline>=0.85": result["served_vs_offline"] >= 0.85,
                "batching_gain>=2.0": result["batching_gain"] >= 2.0,
                "light_vs_full>=2.0": result["light_vs_full"] >= 2.0,
