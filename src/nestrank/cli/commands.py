@@ -10,6 +10,7 @@ from nestrank.cli import (
     reproduce,  # noqa: F401
     rerank,  # noqa: F401
     retrieval,  # noqa: F401
+    serve,  # noqa: F401
     train,  # noqa: F401
     tune,  # noqa: F401
 )

@@ -1,0 +1,109 @@
+"""``POST /search``: the served index's first stage, the reranker over its top candidates, optional fusion.
+
+:class:`SearchPipeline` holds the index (:func:`nestrank.retrieve.open_index`) and the corpus;
+:meth:`SearchPipeline.search` retrieves ``max(k, rerank_depth)`` candidates, reranks the top
+``rerank_depth`` through the reranker's scheduler (so search traffic is batched with rerank
+traffic and pays the same per-request cost), optionally interpolates the reranker's score with
+the first stage's (:func:`nestrank.retrieve.fusion.linear_fusion` over min-max normalised
+scores, ``weight`` on the reranker: the request's, else the profile's), and keeps the
+first-stage order below the reranked candidates. The whole pipeline is one method, so a
+pipeline module can replace it later without touching the route.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.concurrency import run_in_threadpool
+
+from nestrank.data import Corpus, Run
+from nestrank.serve import service
+from nestrank.serve.errors import ApiError, responses
+from nestrank.serve.schemas import SearchHit, SearchRequest, SearchResponse
+
+router = APIRouter()
+QID = "q"
+
+
+@dataclass
+class SearchPipeline:
+    """A loaded first stage (index + corpus) and the name of the reranker that reranks it (optional)."""
+
+    index: Any
+    corpus: Corpus
+    reranker: str | None
+    rerank_depth: int
+    method: str
+
+    @classmethod
+    def open(cls, index: str, corpus: str, reranker: str | None, rerank_depth: int) -> SearchPipeline:
+        """Load the index directory and the corpus it was built from."""
+        from nestrank.retrieve import open_index, read_manifest
+        from nestrank.serve.state import corpus_path
+
+        return cls(open_index(index), Corpus.open(corpus_path(corpus)), reranker, rerank_depth,
+                   str(read_manifest(index)["method"]))
+
+    async def search(self, request: Request, body: SearchRequest) -> SearchResponse:
+        """First stage, rerank, fuse; see the module docstring."""
+        state = request.app.state.nestrank
+        model = body.model or self.reranker
+        depth = 0 if model is None else (self.rerank_depth if body.rerank_depth is None else body.rerank_depth)
+        first = await run_in_threadpool(self.index.search, {QID: body.query}, max(body.k, depth))
+        candidates = first.get(QID, [])
+        meta: dict[str, Any] = {"first_stage": self.method, "rerank_depth": 0, "warnings": []}
+        rerank_scores: dict[str, float] = {}
+        final = first
+        head = candidates[:depth]
+        if head:
+            docs = self.corpus.get_many([doc for doc, _ in head])
+            outcome = await service.rerank(state, request, model=model, query=body.query,
+                                           documents=[d.full_text for d in docs], cost=body.cost)
+            rerank_scores = {doc: float(s) for (doc, _), s in zip(head, outcome.rows, strict=True)}
+            weight = body.weight if body.weight is not None else self._profile_weight(state, model, outcome)
+            final = _combine(first, head, rerank_scores, weight)
+            meta.update(rerank_depth=len(head), model=outcome.model, cost=outcome.cost.model_dump(), weight=weight,
+                        warnings=outcome.warnings)
+        first_scores = dict(candidates)
+        hits = []
+        ranked = final.get(QID, [])[:body.k]
+        docs = self.corpus.get_many([doc for doc, _ in ranked])
+        for (doc_id, score), doc in zip(ranked, docs, strict=True):
+            hits.append(SearchHit(doc_id=doc_id, score=score, first_stage_score=first_scores[doc_id],
+                                  rerank_score=rerank_scores.get(doc_id), title=doc.title or None,
+                                  text=doc.text if body.return_text else None))
+        return SearchResponse(query=body.query, results=hits, meta=meta)
+
+    @staticmethod
+    def _profile_weight(state, model: str, outcome: service.Outcome) -> float | None:
+        engine, _ = state.engine(model, "rerank")
+        profile = engine.profiles.get(outcome.cost.profile or "")
+        return None if profile is None else profile.weight
+
+
+def _combine(first: Run, head: list[tuple[str, float]], rerank_scores: dict[str, float], weight: float | None) -> Run:
+    """The reranked head (fused with the first stage when ``weight`` is set), then the first-stage tail."""
+    from nestrank.retrieve.fusion import linear_fusion
+
+    reranked = Run({QID: list(rerank_scores.items())})
+    if weight is not None:
+        reranked = linear_fusion([Run({QID: head}), reranked], weights=[1 - weight, weight])
+    ordered = reranked[QID]
+    floor = min(score for _, score in ordered)
+    tail = [(doc, floor - rank) for rank, (doc, _) in enumerate(first[QID][len(head):], 1)]
+    return Run({QID: ordered + tail})
+
+
+@router.post("/search", response_model=SearchResponse, responses=responses(), tags=["search"])
+async def search(body: SearchRequest, request: Request) -> SearchResponse:
+    """Search the served index: first stage, then the reranker over the top `rerank_depth`, best first."""
+    state = request.app.state.nestrank
+    state.require_ready()
+    if state.search is None:
+        raise ApiError(404, "this server has no search index (start it with --index and --corpus)",
+                       code="no_index")
+    if not body.query.strip():
+        raise ApiError(400, "query is empty", code="empty_input", param="query")
+    return await state.search.search(request, body)
