@@ -13,13 +13,16 @@ import json
 import random
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pytest
 
 from nestrank.data import Corpus, Document
 from nestrank.data.groups import TrainingGroup, write_groups
 from nestrank.models.tiny import save_tiny_llama
+
+if TYPE_CHECKING:
+    import pytest
 
 # --- a tiny BEIR data set -------------------------------------------------------------------------
 

@@ -26,8 +26,8 @@ TEXTS = [
 ]
 
 
-def _encoder(word_llama_dir, padding_side: str = "right", **overrides) -> DenseEncoder:
-    model, tokenizer = load_backbone(word_llama_dir, device="cpu", padding_side=padding_side)
+def _encoder(model_dir, padding_side: str = "right", **overrides) -> DenseEncoder:
+    model, tokenizer = load_backbone(model_dir, device="cpu", padding_side=padding_side)
     options = {k: overrides.pop(k) for k in ("batch_tokens",) if k in overrides}
     return DenseEncoder(model, tokenizer, encoder_config("repllama", **overrides), show_progress=False, **options)
 

@@ -5,9 +5,9 @@ nothing, but every code path (depth exits, token merging, LoRA training, saving 
 runs in seconds on a CPU. The test suite and the ``--model tiny`` modes of the benchmarks
 build their models here.
 
-    >>> tokenizer = byte_tokenizer()
-    >>> model = tiny_llama(tokenizer, layers=4)            # a LlamaForCausalLM, eval mode
-    >>> save_tiny_llama("tiny-llama", tokenizer, layers=4)  # model + tokenizer, loadable by load_backbone
+    tokenizer = byte_tokenizer()
+    model = tiny_llama(tokenizer, layers=4)            # a LlamaForCausalLM, eval mode
+    save_tiny_llama("tiny-llama", tokenizer, layers=4)  # model + tokenizer, loadable by load_backbone
 
 Heavy libraries are imported inside the functions, so importing this module is cheap.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from nestrank.errors import ConfigError
 from nestrank.models.backbone import Task
 
 if TYPE_CHECKING:
@@ -70,10 +71,16 @@ def tiny_llama(
         hidden_size: model width.
         tie_embeddings: share the input embeddings with the LM head.
         seed: torch seed for the random weights.
+
+    Raises:
+        ConfigError: unknown ``task``.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel
 
+    model_classes = {"base": LlamaModel, "causal-lm": LlamaForCausalLM, "seq-cls": LlamaForSequenceClassification}
+    if task not in model_classes:
+        raise ConfigError(f"unknown task {task!r}; choose one of {', '.join(model_classes)}")
     tokenizer = tokenizer if tokenizer is not None else byte_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=2 * hidden_size,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
@@ -83,9 +90,8 @@ def tiny_llama(
     config._attn_implementation = "sdpa"
     if task == "seq-cls":
         config.num_labels = 1
-    model_class = {"base": LlamaModel, "causal-lm": LlamaForCausalLM, "seq-cls": LlamaForSequenceClassification}[task]
     torch.manual_seed(seed)
-    return model_class(config).eval()
+    return model_classes[task](config).eval()
 
 
 def save_tiny_llama(directory: str | Path, tokenizer: PreTrainedTokenizerBase | None = None, **options) -> Path:
