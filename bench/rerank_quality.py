@@ -28,25 +28,10 @@ TINY_LIGHT = "depth=2,compress=1:0.5"
 
 
 def tiny_model_dir(root: Path) -> Path:
-    """Save a 4-layer random Llama causal LM with a byte-level tokenizer under ``root``."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    """Save the ``--model tiny`` model under ``root``: a 4-layer random Llama (hidden 64) with a byte tokenizer."""
+    from nestrank.models.tiny import byte_tokenizer, save_tiny_llama
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {"<s>": 0, "</s>": 1, **{ch: i + 2 for i, ch in enumerate(alphabet)}}
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-                         bos_token_id=0, eos_token_id=1, tie_word_embeddings=True)
-    path = root / "tiny-llama"
-    LlamaForCausalLM(config).save_pretrained(path)
-    fast.save_pretrained(path)
-    return path
+    return save_tiny_llama(root / "tiny-llama", byte_tokenizer(eos=True), layers=4, hidden_size=64, tie_embeddings=True)
 
 
 def sample_queries(query_ids: list[str], n: int, seed: int) -> list[str]:

@@ -50,19 +50,10 @@ DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scifact
 
 def tiny_model():
     """A random 30-layer Llama (hidden 64) with a byte-level tokenizer: same layer count as SmolLM2."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from nestrank.models.tiny import byte_tokenizer, tiny_llama
 
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {char: index for index, char in enumerate(alphabet)} | {"<pad>": 256}
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>")
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=257, hidden_size=64, intermediate_size=160, num_hidden_layers=30,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096)
-    config._attn_implementation = "sdpa"
-    return LlamaForCausalLM(config).eval(), tokenizer
+    tokenizer = byte_tokenizer()
+    return tiny_llama(tokenizer, layers=30, hidden_size=64), tokenizer
 
 
 def load(name: str, max_len: int) -> tuple[MatryoshkaReranker, MatryoshkaReranker]:

@@ -1,35 +1,15 @@
-"""Shared test fixtures: small, generic data sets written to a temporary directory."""
+"""Shared test fixtures: tiny data sets and tiny random models written to temporary directories.
+
+Directories shared by the whole session are only read by the tests; a test that writes into
+a model directory gets its own (module-scoped fixtures, or the helpers in helpers.py).
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
-
-TINY_DOCS = [
-    {"_id": "d1", "title": "Cats", "text": "Cats purr when they are happy."},
-    {"_id": "d2", "title": "Dogs", "text": "Dogs bark at strangers."},
-    {"_id": "d3", "title": "", "text": "Fish swim in schools to avoid predators."},
-    {"_id": "d4", "title": "Birds", "text": "Birds migrate south in winter."},
-    {"_id": "d5", "title": "Bees", "text": "Bees make honey from nectar."},
-]
-TINY_QUERIES = [
-    {"_id": "q1", "text": "why do cats purr"},
-    {"_id": "q2", "text": "where do birds go in winter"},
-    {"_id": "q3", "text": "how is honey made"},
-]
-
-
-def write_beir(root: Path) -> Path:
-    """Write a five-document BEIR directory (corpus, queries, train/test qrels) at ``root``."""
-    (root / "qrels").mkdir(parents=True)
-    (root / "corpus.jsonl").write_text("".join(json.dumps(d) + "\n" for d in TINY_DOCS), encoding="utf-8")
-    (root / "queries.jsonl").write_text("".join(json.dumps(q) + "\n" for q in TINY_QUERIES), encoding="utf-8")
-    header = "query-id\tcorpus-id\tscore\n"
-    (root / "qrels" / "test.tsv").write_text(header + "q1\td1\t1\nq2\td4\t2\nq2\td2\t0\n", encoding="utf-8")
-    (root / "qrels" / "train.tsv").write_text(header + "q3\td5\t1\n", encoding="utf-8")
-    return root
+from helpers import cli, randomise_heads, save_word_llama, write_beir
 
 
 @pytest.fixture
@@ -46,3 +26,31 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory) -> Path:
+    """:func:`nestrank.models.tiny.tiny_llama` (6 layers) and the byte tokenizer, saved; read-only."""
+    pytest.importorskip("transformers")
+    from nestrank.models.tiny import save_tiny_llama
+
+    return save_tiny_llama(tmp_path_factory.mktemp("tiny-llama") / "base")
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tiny_llama_dir, tmp_path_factory, one_torch_thread) -> Path:
+    """A Matryoshka checkpoint of ``tiny_llama_dir`` with random score heads (one per module: tests may add files)."""
+    return randomise_heads(tiny_llama_dir, tmp_path_factory.mktemp("tiny-checkpoint") / "ckpt", seed=3)
+
+
+@pytest.fixture(scope="session")
+def word_llama_dir(tmp_path_factory) -> Path:
+    """A tiny random ``LlamaModel`` (2 layers) with a word-level tokenizer, saved; read-only."""
+    pytest.importorskip("transformers")
+    return save_word_llama(tmp_path_factory.mktemp("word-llama"))
+
+
+@pytest.fixture
+def run_cli(capsys, monkeypatch):
+    """``run_cli(*args)`` runs ``nestrank ARGS`` in-process and returns (exit code, stdout, stderr)."""
+    return lambda *args: cli(capsys, monkeypatch, *args)

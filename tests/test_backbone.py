@@ -1,7 +1,4 @@
-"""Backbone loading: local dirs, PEFT adapters (RepLLaMA layout), GGUF preset, bad inputs.
-
-``make_tiny_llama`` is also used by tests/test_dense_encoder.py.
-"""
+"""Backbone loading: local dirs, PEFT adapters (RepLLaMA layout), GGUF preset, bad inputs."""
 
 from __future__ import annotations
 
@@ -14,6 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from helpers import word_tokenizer  # noqa: E402
+
 from nestrank.errors import ConfigError  # noqa: E402
 from nestrank.models.backbone import (  # noqa: E402
     ensure_pad_token,
@@ -22,41 +21,6 @@ from nestrank.models.backbone import (  # noqa: E402
     resolve_dtype,
     resolve_source,
 )
-
-WORDS = (
-    "query", "passage", "what", "is", "the", "a", "of", "in", "cells", "protein", "gene", "cancer", "dna", "risk",
-    "study", "patients", "blood", "brain", "increase", "decrease", "effect", "treatment", ":", ".", ",", "?",
-    "title", "text", "hello", "world",
-)
-
-
-def make_tiny_tokenizer(*, with_unk: bool = True):
-    """A word-level Llama-like tokenizer (BOS prepended, ``</s>`` EOS, no pad token)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<unk>", "<s>", "</s>"] if with_unk else ["<s>", "</s>"]
-    vocab = {tok: i for i, tok in enumerate(specials + list(dict.fromkeys(WORDS)))}
-    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>" if with_unk else None))
-    backend.normalizer = normalizers.Lowercase()
-    backend.pre_tokenizer = pre_tokenizers.Whitespace()
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
-    kwargs = {"unk_token": "<unk>"} if with_unk else {}
-    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", **kwargs)
-
-
-def make_tiny_llama(directory: Path, *, seed: int = 0) -> Path:
-    """Save a tiny random Llama (2 layers, hidden 32) and its tokenizer to ``directory``."""
-    from transformers import LlamaConfig, LlamaModel
-
-    tokenizer = make_tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
-    torch.manual_seed(seed)
-    LlamaModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 def make_repllama_adapter(base_dir: Path, adapter_dir: Path, *, seed: int = 1) -> Path:
@@ -88,45 +52,40 @@ def no_hub(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory) -> Path:
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-
-
-@pytest.fixture(scope="module")
-def adapter(tiny_llama, tmp_path_factory) -> Path:
-    return make_repllama_adapter(tiny_llama, tmp_path_factory.mktemp("repllama-lora"))
+def adapter(word_llama_dir, tmp_path_factory) -> Path:
+    return make_repllama_adapter(word_llama_dir, tmp_path_factory.mktemp("repllama-lora"))
 
 
 def _inputs(tokenizer):
     return tokenizer(["query: what is the risk of cancer", "passage: gene study"], padding=True, return_tensors="pt")
 
 
-def test_local_directory_loads_in_eval_mode_with_pad_token(tiny_llama):
-    model, tokenizer = load_backbone(tiny_llama, device="cpu")
+def test_local_directory_loads_in_eval_mode_with_pad_token(word_llama_dir):
+    model, tokenizer = load_backbone(word_llama_dir, device="cpu")
     assert type(model).__name__ == "LlamaModel"
     assert not model.training
     assert model.dtype == torch.float32
     assert model.config._attn_implementation == "sdpa"
     assert tokenizer.pad_token == "<unk>"  # not EOS: an appended EOS must not look like padding
-    reference = transformers.AutoModel.from_pretrained(tiny_llama).eval()
+    reference = transformers.AutoModel.from_pretrained(word_llama_dir).eval()
     batch = _inputs(tokenizer)
     with torch.no_grad():
         torch.testing.assert_close(model(**batch).last_hidden_state, reference(**batch).last_hidden_state)
 
 
-def test_tasks_dtype_and_padding_side(tiny_llama):
-    lm, tokenizer = load_backbone(tiny_llama, task="causal-lm", dtype="bfloat16", padding_side="left")
+def test_tasks_dtype_and_padding_side(word_llama_dir):
+    lm, tokenizer = load_backbone(word_llama_dir, task="causal-lm", dtype="bfloat16", padding_side="left")
     assert lm.dtype == torch.bfloat16 and tokenizer.padding_side == "left"
     with torch.no_grad():
         assert lm(**_inputs(tokenizer)).logits.shape[-1] == len(tokenizer)
-    cls, tokenizer = load_backbone(tiny_llama, task="seq-cls", num_labels=1)
+    cls, tokenizer = load_backbone(word_llama_dir, task="seq-cls", num_labels=1)
     assert cls.config.num_labels == 1
     assert cls.config.pad_token_id == tokenizer.pad_token_id != tokenizer.eos_token_id
     with torch.no_grad():
         assert cls(**_inputs(tokenizer)).logits.shape == (2, 1)
 
 
-def test_repllama_adapter_layout_matches_manual_peft(tiny_llama, adapter):
+def test_repllama_adapter_layout_matches_manual_peft(word_llama_dir, adapter):
     from peft import PeftModel
     from transformers import AutoModel
 
@@ -134,8 +93,8 @@ def test_repllama_adapter_layout_matches_manual_peft(tiny_llama, adapter):
     unmerged, tokenizer = load_backbone(adapter, device="cpu")
     merged, _ = load_backbone(adapter, device="cpu", merge_lora=True)
     assert isinstance(unmerged, PeftModel) and not isinstance(merged, PeftModel)
-    manual = PeftModel.from_pretrained(AutoModel.from_pretrained(tiny_llama), adapter).eval()
-    base = AutoModel.from_pretrained(tiny_llama).eval()
+    manual = PeftModel.from_pretrained(AutoModel.from_pretrained(word_llama_dir), adapter).eval()
+    base = AutoModel.from_pretrained(word_llama_dir).eval()
     batch = _inputs(tokenizer)
     with torch.no_grad():
         expected = manual(**batch).last_hidden_state
@@ -144,17 +103,17 @@ def test_repllama_adapter_layout_matches_manual_peft(tiny_llama, adapter):
         assert (base(**batch).last_hidden_state - expected).abs().max() > 1e-2  # the adapter does something
 
 
-def test_adapter_base_override_and_relative_base(tiny_llama, adapter, tmp_path):
+def test_adapter_base_override_and_relative_base(word_llama_dir, adapter, tmp_path):
     config = json.loads((adapter / "adapter_config.json").read_text())
     moved = tmp_path / "adapter"
     moved.mkdir()
     (moved / "adapter_model.safetensors").write_bytes((adapter / "adapter_model.safetensors").read_bytes())
     config["base_model_name_or_path"] = "meta-llama/Llama-2-7b-hf"  # what the public adapter records
     (moved / "adapter_config.json").write_text(json.dumps(config))
-    source = resolve_source(moved, base_model=str(tiny_llama))
-    assert source.adapter == str(moved) and source.path == str(tiny_llama)
+    source = resolve_source(moved, base_model=str(word_llama_dir))
+    assert source.adapter == str(moved) and source.path == str(word_llama_dir)
     assert resolve_source(moved).path == "meta-llama/Llama-2-7b-hf"  # a hub id, for users with the hub
-    model, _ = load_backbone(moved, base_model=str(tiny_llama), merge_lora=True)
+    model, _ = load_backbone(moved, base_model=str(word_llama_dir), merge_lora=True)
     assert type(model).__name__ == "LlamaModel"
 
 
@@ -206,12 +165,12 @@ def test_gguf_and_hub_sources_resolve(tmp_path):
     assert hub.path == "HuggingFaceTB/SmolLM2-135M" and not hub.is_local and hub.adapter is None
 
 
-def test_hub_adapter_resolves_its_base(tiny_llama, adapter, monkeypatch):
+def test_hub_adapter_resolves_its_base(word_llama_dir, adapter, monkeypatch):
     downloaded = str(adapter / "adapter_config.json")  # stands in for the file fetched from the hub
     monkeypatch.setattr("nestrank.models.backbone._hub_adapter_config",
                         lambda hub_id: downloaded if hub_id == "castorini/repllama-v1-7b-lora-passage" else None)
     source = resolve_source("castorini/repllama-v1-7b-lora-passage")
-    assert source.adapter == "castorini/repllama-v1-7b-lora-passage" and source.path == str(tiny_llama)
+    assert source.adapter == "castorini/repllama-v1-7b-lora-passage" and source.path == str(word_llama_dir)
 
 
 def test_device_and_dtype_resolution():
@@ -229,10 +188,10 @@ def test_device_and_dtype_resolution():
 
 
 def test_pad_token_choice():
-    tokenizer = make_tiny_tokenizer()
+    tokenizer = word_tokenizer()
     tokenizer.pad_token = tokenizer.eos_token  # pad == EOS: switched to unk
     assert ensure_pad_token(tokenizer).pad_token == "<unk>"
-    no_unk = make_tiny_tokenizer(with_unk=False)
+    no_unk = word_tokenizer(with_unk=False)
     assert no_unk.pad_token is None
     assert ensure_pad_token(no_unk).pad_token == "</s>"
 

@@ -3,34 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import pytrec_eval
 
-from nestrank.cli import main
 from nestrank.data import Qrels, Run
 
 SCIFACT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "scifact"
-
-
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *args: str | Path) -> tuple[int, str, str]:
-    """Run ``nestrank ARGS`` in-process; return (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["nestrank", *map(str, args)])
-    capsys.readouterr()
-    code = 0
-    try:
-        main()
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-@pytest.fixture
-def run_cli(capsys, monkeypatch):
-    return lambda *args: cli(capsys, monkeypatch, *args)
 
 
 def test_index_search_evaluate_json(run_cli, tiny_beir: Path, tmp_path: Path) -> None:

@@ -8,11 +8,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_matryoshka import QUERY, byte_tokenizer, tiny_llama  # noqa: E402
+from helpers import QUERY  # noqa: E402
 
 from nestrank.errors import ConfigError  # noqa: E402
 from nestrank.models.matryoshka import MatryoshkaReranker  # noqa: E402
 from nestrank.models.matryoshka.compensation import CompensationSettings, FactorizedCompensation  # noqa: E402
+from nestrank.models.tiny import byte_tokenizer, tiny_llama  # noqa: E402
 
 # Passages of 40, 48 and 56 bytes (one token per byte): with compress=2:0.5;4:0.125 every row
 # is merged with k=2 after layer 2 and k=4 after layer 4, so one merged model matches all rows.

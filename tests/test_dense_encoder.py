@@ -10,8 +10,6 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from test_backbone import make_tiny_llama  # noqa: E402
-
 from nestrank.data import Document  # noqa: E402
 from nestrank.errors import ConfigError, DataFormatError  # noqa: E402
 from nestrank.models.backbone import load_backbone  # noqa: E402
@@ -28,20 +26,15 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"))
-
-
-def _encoder(tiny_dir, padding_side: str = "right", **overrides) -> DenseEncoder:
-    model, tokenizer = load_backbone(tiny_dir, device="cpu", padding_side=padding_side)
+def _encoder(model_dir, padding_side: str = "right", **overrides) -> DenseEncoder:
+    model, tokenizer = load_backbone(model_dir, device="cpu", padding_side=padding_side)
     options = {k: overrides.pop(k) for k in ("batch_tokens",) if k in overrides}
     return DenseEncoder(model, tokenizer, encoder_config("repllama", **overrides), show_progress=False, **options)
 
 
-def test_last_token_pooling_is_the_same_under_left_and_right_padding(tiny_dir):
-    right = _encoder(tiny_dir, "right")
-    left = _encoder(tiny_dir, "left")
+def test_last_token_pooling_is_the_same_under_left_and_right_padding(word_llama_dir):
+    right = _encoder(word_llama_dir, "right")
+    left = _encoder(word_llama_dir, "left")
     a, b = right.encode_passages(TEXTS), left.encode_passages(TEXTS)
     alone = np.concatenate([right.encode_passages([t]) for t in TEXTS])  # no padding at all
     np.testing.assert_allclose(a, alone, atol=1e-5)
@@ -51,8 +44,8 @@ def test_last_token_pooling_is_the_same_under_left_and_right_padding(tiny_dir):
     assert np.abs(a[0] - a[1]).max() > 1e-3  # different texts, different vectors
 
 
-def test_repllama_input_format_and_eos_state(tiny_dir):
-    encoder = _encoder(tiny_dir)
+def test_repllama_input_format_and_eos_state(word_llama_dir):
+    encoder = _encoder(word_llama_dir)
     tokenizer = encoder.tokenizer
     [ids] = encoder.tokenize(["query: dna risk"], 32)
     assert ids == tokenizer("query: dna risk")["input_ids"] + [tokenizer.eos_token_id]
@@ -61,22 +54,22 @@ def test_repllama_input_format_and_eos_state(tiny_dir):
         hidden = encoder.model(input_ids=torch.tensor([ids])).last_hidden_state[0, -1]
     expected = torch.nn.functional.normalize(hidden, dim=0).numpy()
     np.testing.assert_allclose(encoder.encode_queries(["dna risk"])[0], expected, atol=1e-5)
-    raw = _encoder(tiny_dir, pooling="last", append_eos=False, normalize=False)
+    raw = _encoder(word_llama_dir, pooling="last", append_eos=False, normalize=False)
     with torch.no_grad():
         plain = raw.model(**raw.tokenizer(["passage: dna risk"], return_tensors="pt")).last_hidden_state[0, -1]
     np.testing.assert_allclose(raw.encode_passages(["dna risk"])[0], plain.numpy(), atol=1e-5)
 
 
-def test_overlong_texts_are_truncated_to_max_length_with_eos_last(tiny_dir):
-    encoder = _encoder(tiny_dir, query_max_length=8, passage_max_length=12)
+def test_overlong_texts_are_truncated_to_max_length_with_eos_last(word_llama_dir):
+    encoder = _encoder(word_llama_dir, query_max_length=8, passage_max_length=12)
     long_text = " ".join(["cancer"] * 50)
     [query_ids] = encoder.tokenize([encoder.config.query_prefix + long_text], encoder.config.query_max_length)
     assert len(query_ids) == 8 and query_ids[-1] == encoder.tokenizer.eos_token_id
     assert encoder.encode_passages([long_text, "dna"]).shape == (2, 32)
 
 
-def test_order_is_preserved_under_length_sorting(tiny_dir):
-    encoder = _encoder(tiny_dir, batch_tokens=40)  # forces several batches
+def test_order_is_preserved_under_length_sorting(word_llama_dir):
+    encoder = _encoder(word_llama_dir, batch_tokens=40)  # forces several batches
     lengths = [len(ids) for ids in encoder.tokenize(["passage: " + t for t in TEXTS], 196)]
     batches = token_budget_batches(lengths, encoder.batch_tokens)
     assert len(batches) > 1
@@ -92,8 +85,8 @@ def test_order_is_preserved_under_length_sorting(tiny_dir):
     np.testing.assert_allclose(full, one_by_one, atol=1e-5)
 
 
-def test_documents_join_title_and_text(tiny_dir):
-    encoder = _encoder(tiny_dir)
+def test_documents_join_title_and_text(word_llama_dir):
+    encoder = _encoder(word_llama_dir)
     doc = encoder.encode_passages([Document("d1", "gene study", title="cancer")])
     np.testing.assert_allclose(doc, encoder.encode_passages(["cancer gene study"]), atol=1e-6)
 
@@ -125,8 +118,8 @@ def test_pooling_matches_hand_computation(left):
         pool(hidden, mask, "max")  # type: ignore[arg-type]
 
 
-def test_bad_inputs_and_configs(tiny_dir):
-    encoder = _encoder(tiny_dir)
+def test_bad_inputs_and_configs(word_llama_dir):
+    encoder = _encoder(word_llama_dir)
     with pytest.raises(DataFormatError, match="query 1 is empty"):
         encoder.encode_queries(["dna", "   "])
     with pytest.raises(DataFormatError, match="passage 0 \\(id 'd9'\\) is empty"):
@@ -144,12 +137,12 @@ def test_bad_inputs_and_configs(tiny_dir):
         DenseEncoder(encoder.model, encoder.tokenizer, EncoderConfig(), batch_tokens=0)
 
 
-def test_from_preset_with_a_loaded_pair(tiny_dir):
-    pair = load_backbone(tiny_dir, device="cpu")
+def test_from_preset_with_a_loaded_pair(word_llama_dir):
+    pair = load_backbone(word_llama_dir, device="cpu")
     encoder = DenseEncoder.from_preset("repllama", model=pair, passage_max_length=64, show_progress=False)
     assert encoder.config.passage_max_length == 64 and encoder.config.pooling == "eos"
     assert encoder.config.query_prefix == "query: " and encoder.config.query_max_length == 32
-    from_dir = DenseEncoder.from_pretrained(tiny_dir, "repllama", device="cpu", show_progress=False)
+    from_dir = DenseEncoder.from_pretrained(word_llama_dir, "repllama", device="cpu", show_progress=False)
     np.testing.assert_allclose(encoder.encode_queries(TEXTS), from_dir.encode_queries(TEXTS), atol=1e-6)
 
 

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from test_encode import HashEncoder, make_corpus, write_corpus_file
+from helpers import HashEncoder, cli, make_corpus, write_corpus_file
 
 from nestrank.errors import ConfigError, DataFormatError
 from nestrank.retrieve.config import IndexConfig
@@ -159,8 +159,6 @@ def test_hybrid_index_fuses_bm25_and_dense_runs(tmp_path, emb4, corpus):
 def test_the_library_builds_what_the_cli_builds(tmp_path, capsys, monkeypatch):
     from dataclasses import asdict
 
-    from test_cli_first_stage import cli
-
     from nestrank.data import Corpus
     from nestrank.retrieve import BM25Index, IndexConfig, build_vector_index, read_manifest
 
@@ -197,15 +195,11 @@ def test_the_library_builds_what_the_cli_builds(tmp_path, capsys, monkeypatch):
         Embeddings(tmp_path / "lib")
 
 
-def test_cli_encode_index_and_search_dense_and_hybrid(tmp_path, tiny_beir, capsys, monkeypatch):
-    pytest.importorskip("transformers")
-    from test_backbone import make_tiny_llama
-    from test_cli_first_stage import cli
-
+def test_cli_encode_index_and_search_dense_and_hybrid(tmp_path, tiny_beir, word_llama_dir, capsys, monkeypatch):
     from nestrank.data import Dataset, Run
     from nestrank.models.dense import DenseEncoder
 
-    model = make_tiny_llama(tmp_path / "tiny")
+    model = word_llama_dir
     emb, idx, hyb, run_file = tmp_path / "emb", tmp_path / "idx", tmp_path / "hyb", tmp_path / "dense.run"
     code, _, err = cli(capsys, monkeypatch, "encode", "--dataset", tiny_beir, "--model", model, "--preset", "repllama",
                        "--out", emb, "--num-shards", "2", "--dtype", "float32", "--no-progress")

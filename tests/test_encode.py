@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import signal
 import subprocess
@@ -14,46 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import HashEncoder, make_corpus, write_corpus_file
 
 from nestrank.data import Corpus, Document
 from nestrank.errors import ConfigError, DataFormatError
 from nestrank.retrieve.embeddings import Embeddings, shard_ranges
 from nestrank.retrieve.encode import encode_corpus
 from nestrank.retrieve.manifest import read_manifest
-
-
-class HashEncoder:
-    """A deterministic stand-in encoder: a unit vector seeded by each text's hash."""
-
-    def __init__(self, dim: int = 8, normalize: bool = True) -> None:
-        self.dim = dim
-        self.normalize = normalize
-        self.calls = 0
-        self.docs_seen = 0
-
-    def encode_passages(self, docs):
-        self.calls += 1
-        self.docs_seen += len(docs)
-        rows = []
-        for doc in docs:
-            text = doc.full_text if isinstance(doc, Document) else doc
-            seed = int(hashlib.sha256(text.encode()).hexdigest()[:12], 16)
-            row = np.random.default_rng(seed).standard_normal(self.dim).astype(np.float32)
-            rows.append(row / np.linalg.norm(row))
-        return np.stack(rows) if rows else np.zeros((0, self.dim), np.float32)
-
-    encode_queries = encode_passages
-
-
-def make_corpus(n: int = 23) -> Corpus:
-    return Corpus.from_documents(Document(f"d{i}", f"text number {i} " * (i % 5 + 1), f"title {i}") for i in range(n))
-
-
-def write_corpus_file(path: Path, n: int) -> Path:
-    with path.open("w") as handle:
-        for i in range(n):
-            handle.write(json.dumps({"_id": f"d{i}", "title": f"title {i}", "text": f"text number {i}"}) + "\n")
-    return path
 
 
 def test_shard_ranges_are_contiguous_and_cover_everything():
@@ -154,7 +119,7 @@ KILLED_RUN = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from test_encode import HashEncoder
+from helpers import HashEncoder
 from nestrank.data import Corpus
 from nestrank.retrieve.encode import encode_corpus
 

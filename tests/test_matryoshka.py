@@ -7,47 +7,14 @@ import copy
 import numpy as np
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from helpers import DOCS, QUERY, truncated
 
-from nestrank.data.corpus import Document
 from nestrank.errors import ConfigError
 from nestrank.models.matryoshka import MatryoshkaReranker
 from nestrank.models.matryoshka.engine import attention_row, batch_state
 from nestrank.models.matryoshka.token_merge import RowLayout
 from nestrank.models.reranker import RerankInputError
-
-
-def byte_tokenizer(bos: bool = False) -> PreTrainedTokenizerFast:
-    """One token per byte (no merges), plus <pad> and <s>; ``bos`` makes it prepend <s>."""
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {char: index for index, char in enumerate(alphabet)}
-    vocab["<pad>"], vocab["<s>"] = len(vocab), len(vocab) + 1
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    if bos:
-        tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", vocab["<s>"])])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>")
-
-
-def tiny_llama() -> LlamaForCausalLM:
-    """A random fp32 Llama (6 layers, hidden 32, 4 heads / 2 KV heads, untied LM head) for the byte tokenizer."""
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=258, hidden_size=32, intermediate_size=64, num_hidden_layers=6,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=2048,
-                         tie_word_embeddings=False, pad_token_id=256, bos_token_id=257)
-    config._attn_implementation = "sdpa"
-    return LlamaForCausalLM(config).eval()
-
-
-QUERY = "what did the cat do"
-DOCS = [
-    "the cat sat on the mat and looked around the room",
-    "dogs bark",
-    "a much longer passage about nothing in particular, it goes on and on for a while",
-    Document("d4", "felines rest on rugs", title="Cats"),
-]
+from nestrank.models.tiny import byte_tokenizer, tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -67,13 +34,6 @@ def plain_yes_logits(reranker, model, docs=DOCS, query=QUERY):
             ids = torch.tensor([reranker.encode(query, doc).ids])
             logits.append(model(ids).logits[0, -1, reranker.yes_token_id].item())
     return np.array(logits)
-
-
-def truncated(model, layers):
-    short = copy.deepcopy(model)
-    short.model.layers = short.model.layers[:layers]
-    short.config.num_hidden_layers = layers
-    return short
 
 
 def test_full_model_equals_the_lm_yes_logit(model, reranker):

@@ -7,24 +7,16 @@ import json
 import numpy as np
 import pytest
 import torch
+from helpers import DOCS, QUERY
 from safetensors.torch import load_file, save_file
-from test_matryoshka import DOCS, QUERY, byte_tokenizer, tiny_llama
 
 from nestrank.errors import ConfigError
 from nestrank.models.matryoshka import MatryoshkaReranker
 
 
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("base")
-    tiny_llama().save_pretrained(path)
-    byte_tokenizer().save_pretrained(path)
-    return path
-
-
 @pytest.fixture
-def trained(base_dir):
-    reranker = MatryoshkaReranker.from_pretrained(str(base_dir), dtype="float32", device="cpu",
+def trained(tiny_llama_dir):
+    reranker = MatryoshkaReranker.from_pretrained(str(tiny_llama_dir), dtype="float32", device="cpu",
                                                   max_passage_tokens=40, prompt="Relevant?")
     torch.manual_seed(1)
     with torch.no_grad():
@@ -34,12 +26,12 @@ def trained(base_dir):
     return reranker
 
 
-def test_checkpoint_layout_and_round_trip(trained, base_dir, tmp_path):
+def test_checkpoint_layout_and_round_trip(trained, tiny_llama_dir, tmp_path):
     ckpt = trained.save_pretrained(tmp_path / "ckpt")
     assert sorted(p.name for p in ckpt.iterdir()) == ["heads.safetensors", "nestrank.json"]
     settings = json.loads((ckpt / "nestrank.json").read_text())
     assert settings["kind"] == "matryoshka"
-    assert settings["base_model"] == str(base_dir)
+    assert settings["base_model"] == str(tiny_llama_dir)
     assert settings["reranker"]["prompt"] == "Relevant?" and settings["reranker"]["max_passage_tokens"] == 40
     heads = load_file(ckpt / "heads.safetensors")
     assert sorted(heads) == sorted(f"heads.{n}.{p}" for n in range(1, 7) for p in ("weight", "bias"))
@@ -48,7 +40,7 @@ def test_checkpoint_layout_and_round_trip(trained, base_dir, tmp_path):
     for config in (None, "depth=3", "depth=5,compress=2:0.5"):
         np.testing.assert_allclose(loaded.score(QUERY, DOCS, config=config),
                                    trained.score(QUERY, DOCS, config=config), atol=1e-6)
-    fresh = MatryoshkaReranker.from_pretrained(str(base_dir), dtype="float32", device="cpu", max_passage_tokens=40,
+    fresh = MatryoshkaReranker.from_pretrained(str(tiny_llama_dir), dtype="float32", device="cpu", max_passage_tokens=40,
                                                prompt="Relevant?")
     assert not np.allclose(fresh.score(QUERY, DOCS), loaded.score(QUERY, DOCS))
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_matryoshka import byte_tokenizer, tiny_llama
 
 from nestrank.data.corpus import Document
 from nestrank.errors import ConfigError
 from nestrank.models.matryoshka import MatryoshkaReranker
 from nestrank.models.maxp import MaxPReranker, split_document
+from nestrank.models.tiny import byte_tokenizer, tiny_llama
 
 LONG = Document("long", "the cat sat on the mat. " * 6 + "dogs bark loudly at night.", title="Pets")
 

@@ -6,9 +6,7 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from conftest import write_beir
-from test_matryoshka import byte_tokenizer, tiny_llama
+from helpers import HashEncoder, make_corpus, write_beir
 from typer.testing import CliRunner
 
 from nestrank.cli import app
@@ -38,20 +36,10 @@ def dataset(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, one_torch_thread):
+def checkpoint(tiny_checkpoint):
     """A tiny Matryoshka checkpoint (random heads) with a profiles.json."""
-    root = tmp_path_factory.mktemp("model")
-    tiny_llama().save_pretrained(root / "base")
-    byte_tokenizer().save_pretrained(root / "base")
-    reranker = MatryoshkaReranker.from_pretrained(str(root / "base"), dtype="float32", device="cpu",
-                                                  max_passage_tokens=40)
-    torch.manual_seed(3)
-    with torch.no_grad():
-        for head in reranker.heads.values():
-            head.weight.normal_()
-    ckpt = reranker.save_pretrained(root / "ckpt")
-    write_profiles(ckpt, {"quick": Profile("quick", "depth=2,compress=1:0.5", rerank_depth=3, weight=0.4)})
-    return ckpt
+    write_profiles(tiny_checkpoint, {"quick": Profile("quick", "depth=2,compress=1:0.5", rerank_depth=3, weight=0.4)})
+    return tiny_checkpoint
 
 
 def write_toml(path, text):
@@ -153,8 +141,6 @@ def test_cli_run_writes_costs_that_evaluate_shows_and_ask_prints_titles(tmp_path
 
 
 def test_hybrid_first_stage_equals_the_hybrid_index_and_fuses_its_own_way(tmp_path):
-    from test_encode import HashEncoder, make_corpus
-
     from nestrank.pipeline import FirstStage
     from nestrank.retrieve import build_vector_index
     from nestrank.retrieve.encode import encode_corpus

@@ -11,76 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import save_rankllama_layout, save_seq_cls
 
 from nestrank.data import Document
 from nestrank.errors import ConfigError
 from nestrank.models.pointwise import PointwiseReranker, format_document
 from nestrank.models.pooling import last_token_index
 from nestrank.models.reranker import RerankInputError
-
-WORDS = ["query:", "document:", "cats", "purr", "when", "they", "are", "happy", "dogs", "bark", "at", "strangers",
-         "fish", "swim", "birds", "migrate", "south", "in", "winter", "bees", "make", "honey", "from", "nectar", "why",
-         "do", "where", "go", "how", "is", "made", "the", "a"]
-
-
-def tiny_tokenizer():
-    """A word-level Llama-like tokenizer: <s> prepended (pairs: <s> A B), no pad token of its own."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(dict.fromkeys(WORDS))}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A $B:1", special_tokens=[("<s>", 1)])
-    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
-
-
-def tiny_config(vocab_size: int):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-                       bos_token_id=1, eos_token_id=2, pad_token_id=None)
-
-
-def save_seq_cls(directory: Path, seed: int = 0) -> Path:
-    """A tiny random LlamaForSequenceClassification (1 label) + tokenizer saved at ``directory``."""
-    from transformers import LlamaForSequenceClassification
-
-    torch.manual_seed(seed)
-    tokenizer = tiny_tokenizer()
-    config = tiny_config(len(tokenizer))
-    config.num_labels = 1
-    model = LlamaForSequenceClassification(config)
-    model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
-
-def save_rankllama_layout(root: Path, seed: int = 0) -> tuple[Path, Path]:
-    """A base causal LM dir and a SEQ_CLS LoRA adapter dir, as castorini/rankllama-v1-7b-lora-passage.
-
-    LoRA B matrices and the score head are random (not peft's zero init), so the adapter
-    really changes the scores.
-    """
-    from peft import LoraConfig, get_peft_model
-    from transformers import LlamaForCausalLM, LlamaForSequenceClassification
-
-    torch.manual_seed(seed)
-    base_dir, adapter_dir = root / "base", root / "adapter"
-    tokenizer = tiny_tokenizer()
-    LlamaForCausalLM(tiny_config(len(tokenizer))).save_pretrained(base_dir)
-    tokenizer.save_pretrained(base_dir)
-    seq_cls = LlamaForSequenceClassification.from_pretrained(base_dir, num_labels=1)
-    lora = LoraConfig(task_type="SEQ_CLS", r=4, lora_alpha=8, lora_dropout=0.0,
-                      target_modules=["q_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
-    peft_model = get_peft_model(seq_cls, lora)
-    with torch.no_grad():
-        for name, param in peft_model.named_parameters():
-            if "lora_B" in name or "score" in name:
-                param.normal_(0, 0.5)
-    peft_model.save_pretrained(adapter_dir)
-    return base_dir, adapter_dir
 
 
 def manual_peft_scores(base_dir: Path, adapter_dir: Path, texts_ids: list[list[int]]) -> list[float]:

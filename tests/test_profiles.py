@@ -6,12 +6,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from test_matryoshka import DOCS, QUERY, byte_tokenizer, tiny_llama, truncated
+from helpers import DOCS, QUERY, randomise_heads, truncated
 
 from nestrank.errors import ConfigError
 from nestrank.models.matryoshka import MatryoshkaReranker
 from nestrank.models.matryoshka.profiles import PROFILES_FILE, Profile, default_profiles, read_profiles, write_profiles
+from nestrank.models.tiny import byte_tokenizer, tiny_llama
 
 
 def test_default_profiles_follow_the_paper_light_point():
@@ -49,16 +49,8 @@ def test_malformed_files_name_the_file(tmp_path, content, message):
     assert PROFILES_FILE in str(info.value)
 
 
-def test_profile_names_work_where_configuration_strings_do(tmp_path):
-    base = tmp_path / "base"
-    tiny_llama().save_pretrained(base)
-    byte_tokenizer().save_pretrained(base)
-    reranker = MatryoshkaReranker.from_pretrained(str(base), dtype="float32", device="cpu", max_passage_tokens=40)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for head in reranker.heads.values():
-            head.weight.normal_()
-    ckpt = reranker.save_pretrained(tmp_path / "ckpt")
+def test_profile_names_work_where_configuration_strings_do(tiny_llama_dir, tmp_path):
+    ckpt = randomise_heads(tiny_llama_dir, tmp_path / "ckpt", seed=1)
     write_profiles(ckpt, {"fast": Profile("fast", "depth=2,compress=1:0.5")})
     loaded = MatryoshkaReranker.from_pretrained(str(ckpt), dtype="float32", device="cpu")
     assert sorted(loaded.profiles) == ["fast", "full", "light"]

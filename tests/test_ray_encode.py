@@ -7,8 +7,7 @@ import pytest
 ray = pytest.importorskip("ray")
 pytest.importorskip("transformers")
 
-from test_backbone import make_tiny_llama  # noqa: E402
-from test_encode import make_corpus  # noqa: E402
+from helpers import make_corpus  # noqa: E402
 
 from nestrank.retrieve.embeddings import Embeddings  # noqa: E402
 from nestrank.retrieve.encode import EncoderSpec, encode_corpus, encode_corpus_ray  # noqa: E402
@@ -16,8 +15,8 @@ from nestrank.retrieve.manifest import read_manifest  # noqa: E402
 
 
 @pytest.mark.ray
-def test_ray_engine_output_equals_local_engine(tmp_path):
-    spec = EncoderSpec(str(make_tiny_llama(tmp_path / "tiny")), "repllama", (("show_progress", False),))
+def test_ray_engine_output_equals_local_engine(word_llama_dir, tmp_path):
+    spec = EncoderSpec(str(word_llama_dir), "repllama", (("show_progress", False),))
     corpus = make_corpus(40)
     encode_corpus(corpus, spec(), tmp_path / "local", num_shards=3, model=spec.model, preset="repllama")
     # shard 1 done by the local engine first: the Ray run resumes and encodes only shards 0 and 2

@@ -8,14 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import pair_tokenizer, save_rankllama_layout, save_seq_cls
 
 from nestrank.data import Corpus, Document, Run
 from nestrank.errors import ConfigError
 from nestrank.models.reranker import Reranker, RerankInputError
 from nestrank.rerank import detect_kind, load_reranker, rerank_run
-
-sys.path.insert(0, str(Path(__file__).parent))
-from test_pointwise import save_rankllama_layout, save_seq_cls, tiny_config, tiny_tokenizer  # noqa: E402
 
 CORPUS = Corpus.from_documents([Document(f"d{i}", f"text {i} " + "word " * i) for i in range(1, 9)])
 QUERIES = {"q1": "first", "q2": "second"}
@@ -161,16 +159,10 @@ def test_quality_benchmark_runs_end_to_end_on_a_tiny_model(tiny_beir, capsys):
 
 
 def test_cli_reranks_with_the_matryoshka_engine_and_a_config(tiny_beir, tmp_path, monkeypatch, capsys):
-    from transformers import LlamaForCausalLM
-
     from nestrank.models.matryoshka import MatryoshkaReranker
+    from nestrank.models.tiny import save_tiny_llama
 
-    model = tmp_path / "tiny-causal"
-    tokenizer = tiny_tokenizer()
-    config = tiny_config(len(tokenizer))
-    config.num_hidden_layers = 4
-    LlamaForCausalLM(config).save_pretrained(model)
-    tokenizer.save_pretrained(model)
+    model = save_tiny_llama(tmp_path / "tiny-causal", pair_tokenizer(), layers=4)
     assert detect_kind(model) == "matryoshka"
     run_file = tmp_path / "first.run"
     Run({"q1": [("d1", 3.0), ("d2", 2.0), ("d3", 1.0)], "q2": [("d4", 1.0), ("d2", 0.5)]}).write_trec(run_file)
@@ -189,9 +181,8 @@ def test_cli_reranks_with_the_matryoshka_engine_and_a_config(tiny_beir, tmp_path
 
 
 def test_several_exits_in_one_pass_equal_one_rerank_per_exit():
-    from test_matryoshka import byte_tokenizer, tiny_llama
-
     from nestrank.models.matryoshka import MatryoshkaReranker
+    from nestrank.models.tiny import byte_tokenizer, tiny_llama
     from nestrank.rerank import rerank_run_exits
 
     reranker = MatryoshkaReranker(tiny_llama(), byte_tokenizer(), max_passage_tokens=48)
@@ -274,12 +265,13 @@ def test_cli_rejects_bad_options_fast_without_loading_the_model(tiny_beir, tmp_p
 def test_cli_checks_profiles_and_layers_from_the_model_directory(tiny_beir, tmp_path, monkeypatch, capsys):
     """Profile names come from the directory's profiles.json and layers from config.json; no weights are read."""
     from nestrank.models.matryoshka.profiles import Profile, write_profiles
+    from nestrank.models.tiny import tiny_llama
 
     loads: list[str] = []
     monkeypatch.setattr("nestrank.rerank.load_reranker", lambda model, **kw: loads.append(model) or LengthReranker())
     model = tmp_path / "model"  # a model directory without weights: only what the checks read
     model.mkdir()
-    tiny_config(40).save_pretrained(model)  # 2 layers
+    tiny_llama(layers=2).config.save_pretrained(model)
     write_profiles(model, {"fast": Profile("fast", "depth=1")})
     run_file = tmp_path / "bm25.run"
     Run({"q1": [("d1", 3.0), ("d2", 1.0)]}).write_trec(run_file)

@@ -8,9 +8,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from test_matryoshka import byte_tokenizer, tiny_llama  # noqa: E402
-
 from nestrank.models.matryoshka import MatryoshkaReranker  # noqa: E402
+from nestrank.models.tiny import byte_tokenizer, tiny_llama  # noqa: E402
 from nestrank.train.losses import (  # noqa: E402
     StudentScores,
     cascaded_self_distillation,

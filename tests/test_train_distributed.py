@@ -14,9 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from helpers import retrieval_groups  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from test_backbone import make_tiny_llama  # noqa: E402
-from test_train_retriever import make_groups  # noqa: E402
 
 from nestrank.train.config import load_config  # noqa: E402
 from nestrank.train.retriever import train_retriever  # noqa: E402
@@ -53,8 +52,8 @@ gradcache_chunk_size = {chunk}
 
 
 @pytest.mark.timeout(300)
-def test_two_process_torchrun_matches_one_process(tmp_path):
-    tiny, groups = make_tiny_llama(tmp_path / "tiny"), make_groups(tmp_path / "groups.jsonl")
+def test_two_process_torchrun_matches_one_process(word_llama_dir, tmp_path):
+    tiny, groups = word_llama_dir, retrieval_groups(tmp_path / "groups.jsonl")
     single = train_retriever(load_config(write_config(tmp_path / "one.toml", tiny, groups, tmp_path / "one", 0)),
                              progress=False)
     config = write_config(tmp_path / "two.toml", tiny, groups, tmp_path / "two", 1)  # GradCache chunks of 1 as well

@@ -11,11 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from test_matryoshka import byte_tokenizer  # noqa: E402
-from test_train_reranker import make_groups  # noqa: E402
+from helpers import rerank_groups  # noqa: E402
 
 from nestrank.errors import ConfigError  # noqa: E402
 from nestrank.models.pointwise import PointwiseReranker  # noqa: E402
+from nestrank.models.tiny import byte_tokenizer, save_tiny_llama  # noqa: E402
 from nestrank.rerank import detect_kind, load_reranker  # noqa: E402
 from nestrank.train.config import config_from_dict  # noqa: E402
 from nestrank.train.pointwise import PointwiseTrainer  # noqa: E402
@@ -31,19 +31,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny random causal Llama (the backbone: its score head is new) with a byte tokenizer that has an EOS."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     root = tmp_path_factory.mktemp("train-pointwise")
-    tokenizer = byte_tokenizer()
-    tokenizer.add_special_tokens({"eos_token": "</s>"})
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
-    base = root / "tiny"
-    LlamaForCausalLM(config).save_pretrained(base)
-    tokenizer.save_pretrained(base)
-    return base, make_groups(root / "groups.jsonl")
+    base = save_tiny_llama(root / "tiny", byte_tokenizer(eos=True), layers=2)
+    return base, rerank_groups(root / "groups.jsonl")
 
 
 def make_config(setup, out: Path, reranker: dict | None = None, **train):

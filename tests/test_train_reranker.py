@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import socket
 import subprocess
 import sys
@@ -16,11 +15,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
-from test_matryoshka import byte_tokenizer, tiny_llama  # noqa: E402
+from helpers import rerank_groups  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from nestrank.data import Document  # noqa: E402
-from nestrank.data.groups import TrainingGroup, write_groups  # noqa: E402
 from nestrank.errors import ConfigError  # noqa: E402
 from nestrank.models.matryoshka import MatryoshkaReranker  # noqa: E402
 from nestrank.train.batches import GroupBatcher  # noqa: E402
@@ -31,35 +28,16 @@ from nestrank.train.matryoshka import MatryoshkaTrainer  # noqa: E402
 from nestrank.train.reranker import train_reranker  # noqa: E402
 from nestrank.train.students import Student, sample_students, student_options  # noqa: E402
 
-WORDS = ["cat", "dog", "sun", "moon", "tree", "river", "stone", "bird", "fish", "rain", "cloud", "fire", "road"]
 CONFIGS = (None, "depth=3", "depth=5,compress=2:0.5", "depth=4,compress=1:0.5;2:0.25")
-
-
-def make_groups(path: Path, count: int = 4, negatives: int = 2, seed: int = 0) -> Path:
-    """Groups whose positive repeats the query word (learnable) and negatives that do not."""
-    rng = random.Random(seed)
-    groups = []
-    for i in range(count):
-        word = WORDS[i]
-        others = [w for w in WORDS if w != word]
-        groups.append(TrainingGroup(
-            f"where is the {word}", [Document(f"p{i}", f"the {word} is here, a {word} by the {rng.choice(others)}")],
-            [Document(f"n{i}-{j}", " ".join(rng.choice(others) for _ in range(rng.randint(4, 8))))
-             for j in range(negatives)], f"q{i}"))
-    write_groups(path, groups)
-    return path
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tiny_llama_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("train-reranker")
-    base = root / "tiny"
-    tiny_llama().save_pretrained(base)
-    byte_tokenizer().save_pretrained(base)
-    return base, make_groups(root / "groups.jsonl")
+    return tiny_llama_dir, rerank_groups(root / "groups.jsonl")
 
 
 def make_config(setup, out: Path, reranker: dict | None = None, lora: dict | None = None, **train):

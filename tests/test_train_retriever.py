@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from helpers import retrieval_groups  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
-from test_backbone import WORDS, make_tiny_llama  # noqa: E402
 
 from nestrank.data import Document  # noqa: E402
-from nestrank.data.groups import TrainingGroup, write_groups  # noqa: E402
+from nestrank.data.groups import TrainingGroup  # noqa: E402
 from nestrank.errors import ConfigError  # noqa: E402
 from nestrank.models.dense import DenseEncoder  # noqa: E402
 from nestrank.train.batches import GroupBatcher, holdout  # noqa: E402
@@ -24,27 +23,11 @@ from nestrank.train.config import config_from_dict  # noqa: E402
 from nestrank.train.loop import linear_warmup_decay  # noqa: E402
 from nestrank.train.retriever import RetrieverTrainer, train_retriever  # noqa: E402
 
-TEXT_WORDS = [w for w in WORDS if w.isalpha()]
-
-
-def make_groups(path: Path, count: int = 16, negatives: int = 4, seed: int = 0) -> Path:
-    """Random training groups over the tiny tokenizer's vocabulary."""
-    rng = random.Random(seed)
-
-    def text(n: int) -> str:
-        return " ".join(rng.choice(TEXT_WORDS) for _ in range(n))
-
-    groups = [TrainingGroup(text(rng.randint(2, 5)), [Document(f"p{i}", text(rng.randint(4, 12)), "title")],
-                            [Document(f"n{i}-{j}", text(rng.randint(3, 12))) for j in range(negatives)], f"q{i}")
-              for i in range(count)]
-    write_groups(path, groups)
-    return path
-
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(word_llama_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
-    return make_tiny_llama(root / "tiny"), make_groups(root / "groups.jsonl")
+    return word_llama_dir, retrieval_groups(root / "groups.jsonl")
 
 
 def make_config(setup, out: Path, lora: dict | None = None, data: dict | None = None, model: dict | None = None,

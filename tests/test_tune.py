@@ -6,8 +6,7 @@ import csv
 import json
 
 import pytest
-import torch
-from test_matryoshka import byte_tokenizer, tiny_llama
+from helpers import write_beir
 from typer.testing import CliRunner
 
 import nestrank.pipeline.tune as tune_module
@@ -19,8 +18,6 @@ from nestrank.models import MatryoshkaReranker, read_profiles
 from nestrank.pipeline.frontier import TunePoint, choose_profiles, pareto_frontier
 from nestrank.pipeline.tune import TuneGrid, default_grid, tune
 from nestrank.retrieve import BM25Index
-
-from conftest import write_beir  # isort: skip
 
 
 def point(cost: float, quality: float, config: str = "") -> TunePoint:
@@ -52,26 +49,12 @@ def test_default_grid_scales_with_the_depth():
     assert default_grid(6).depths == [2, 3, 4, 5, 6]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, one_torch_thread):
-    root = tmp_path_factory.mktemp("tune-model")
-    tiny_llama().save_pretrained(root / "base")
-    byte_tokenizer().save_pretrained(root / "base")
-    reranker = MatryoshkaReranker.from_pretrained(str(root / "base"), dtype="float32", device="cpu",
-                                                  max_passage_tokens=40)
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for head in reranker.heads.values():
-            head.weight.normal_()
-    return reranker.save_pretrained(root / "ckpt")
-
-
-def test_tune_writes_profiles_csv_and_plot_and_resumes_from_its_cache(tmp_path, model_dir, monkeypatch):
+def test_tune_writes_profiles_csv_and_plot_and_resumes_from_its_cache(tmp_path, tiny_checkpoint, monkeypatch):
     ds = Dataset.open(write_beir(tmp_path / "data"))
-    reranker = MatryoshkaReranker.from_pretrained(str(model_dir), dtype="float32", device="cpu")
+    reranker = MatryoshkaReranker.from_pretrained(str(tiny_checkpoint), dtype="float32", device="cpu")
     candidates = BM25Index.build(ds.corpus).search(ds.queries, 5)
     grid = TuneGrid([2, 4, 6], ["", "2:0.5"], [2, 5], [0.5, 1.0])
-    args = dict(out_dir=tmp_path / "out", work_dir=tmp_path / "work", model_id=str(model_dir), grid=grid,
+    args = dict(out_dir=tmp_path / "out", work_dir=tmp_path / "work", model_id=str(tiny_checkpoint), grid=grid,
                 timing_pairs=4)
     result = tune(reranker, candidates, ds.queries, ds.qrels("test"), ds.corpus, **args)
     assert sorted(result.chosen) == ["balanced", "full", "light"]
@@ -96,12 +79,12 @@ def test_tune_writes_profiles_csv_and_plot_and_resumes_from_its_cache(tmp_path, 
         tune(reranker, other, ds.queries, ds.qrels("test"), ds.corpus, **args)
 
 
-def test_cli_tune_uses_the_model_validation_file_and_refuses_test(tmp_path, model_dir):
+def test_cli_tune_uses_the_model_validation_file_and_refuses_test(tmp_path, tiny_checkpoint):
     data = write_beir(tmp_path / "data")
-    (model_dir / tune_module.VALIDATION_FILE).write_text("q3\n")
+    (tiny_checkpoint / tune_module.VALIDATION_FILE).write_text("q3\n")
     runner = CliRunner()
     out = tmp_path / "profiles"
-    common = ["tune", "--model", str(model_dir), "--dataset", str(data), "--depths", "3,6", "--widths", "full,2:0.5",
+    common = ["tune", "--model", str(tiny_checkpoint), "--dataset", str(data), "--depths", "3,6", "--widths", "full,2:0.5",
               "--rerank-depths", "3", "--weights", "0.5,1", "--timing-pairs", "0"]
     result = runner.invoke(app, [*common, "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -110,7 +93,7 @@ def test_cli_tune_uses_the_model_validation_file_and_refuses_test(tmp_path, mode
     assert "ids from" in result.output and "validation_queries.txt" in result.output
     refused = runner.invoke(app, [*common, "--out", str(out), "--split", "test"])
     assert refused.exit_code != 0 and "leak" in str(refused.exception)
-    (model_dir / tune_module.VALIDATION_FILE).write_text("q1\n")  # a test query
+    (tiny_checkpoint / tune_module.VALIDATION_FILE).write_text("q1\n")  # a test query
     leaked = runner.invoke(app, [*common, "--out", str(out), "--split", "test"])
     assert leaked.exit_code != 0
-    (model_dir / tune_module.VALIDATION_FILE).unlink()
+    (tiny_checkpoint / tune_module.VALIDATION_FILE).unlink()
