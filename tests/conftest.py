@@ -54,3 +54,24 @@ def word_llama_dir(tmp_path_factory) -> Path:
 def run_cli(capsys, monkeypatch):
     """``run_cli(*args)`` runs ``nestrank ARGS`` in-process and returns (exit code, stdout, stderr)."""
     return lambda *args: cli(capsys, monkeypatch, *args)
+
+
+@pytest.fixture(scope="session")
+def model_paths(tmp_path_factory) -> dict[str, Path]:
+    """The server tests' tiny reranker checkpoint (with profiles.json) and tiny embedder, saved; read-only."""
+    pytest.importorskip("fastapi")
+    from serve_helpers import build_models
+
+    return build_models(tmp_path_factory.mktemp("serve-models"))
+
+
+@pytest.fixture(scope="module")
+def loaded(model_paths, one_torch_thread):
+    """A loaded, warmed server state (default settings) serving ``model_paths``, closed after the module."""
+    from serve_helpers import settings_for
+
+    from nestrank.serve.state import ServerState
+
+    state = ServerState(settings_for(model_paths)).load()
+    yield state
+    state.close()

@@ -7,16 +7,18 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from conftest import write_beir  # noqa: E402
-from test_pipeline import checkpoint  # noqa: E402, F401  (module fixture: a tiny Matryoshka checkpoint)
+from helpers import write_beir  # noqa: E402
 
 from nestrank.data import Dataset  # noqa: E402
+from nestrank.models import Profile, write_profiles  # noqa: E402
 from nestrank.pipeline import Pipeline, PipelineConfig, RerankerSection  # noqa: E402
 from nestrank.pipeline.ray_engine import search_ray  # noqa: E402
 
 
 @pytest.mark.ray
-def test_ray_engine_run_equals_the_local_engine(tmp_path, checkpoint):  # noqa: F811
+def test_ray_engine_run_equals_the_local_engine(tmp_path, tiny_checkpoint):
+    checkpoint = tiny_checkpoint
+    write_profiles(checkpoint, {"quick": Profile("quick", "depth=2,compress=1:0.5", rerank_depth=3, weight=0.4)})
     ds = Dataset.open(write_beir(tmp_path / "tiny"))
     config = PipelineConfig(reranker=RerankerSection(model=str(checkpoint), profile="quick", dtype="float32",
                                                      device="cpu")).validate()

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from test_serve_support import DOCS, QUERY, free_port, loaded, model_paths, settings_for  # noqa: F401
+from serve_helpers import DOCS, QUERY, settings_for
 
 from nestrank.serve import create_app
 from nestrank.serve.state import ServerState

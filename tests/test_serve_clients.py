@@ -18,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from test_serve_support import DOCS, QUERY, free_port, live_server, loaded, model_paths, settings_for  # noqa: F401
+from serve_helpers import DOCS, QUERY, free_port, live_server, settings_for
 
 from nestrank.serve import create_app
 from nestrank.serve.state import ServerState

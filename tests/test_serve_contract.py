@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from test_serve_support import loaded, model_paths  # noqa: F401
 
 from nestrank.serve import create_app
 

@@ -7,7 +7,7 @@ import time
 import httpx
 import numpy as np
 import pytest
-from test_serve_support import DOCS, QUERY, free_port, model_paths, settings_for  # noqa: F401
+from serve_helpers import DOCS, QUERY, free_port, settings_for
 
 pytestmark = pytest.mark.ray
 

@@ -1,4 +1,6 @@
-"""Shared pieces of the server tests: tiny models saved to disk, a loaded state, a real uvicorn server.
+"""Shared pieces of the server tests: tiny models saved to disk, settings, a real uvicorn server.
+
+The fixtures built from them (``model_paths``, ``loaded``) are in conftest.py.
 
 The reranker is a tiny random Llama (6 layers) saved as a Matryoshka checkpoint with a
 ``profiles.json`` (full, light, and a tuned ``balanced`` with weight and rerank depth); the
@@ -15,17 +17,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
+from helpers import save_word_llama
 
-pytest.importorskip("fastapi")
-torch = pytest.importorskip("torch")
-
-from test_backbone import make_tiny_llama  # noqa: E402
-from test_matryoshka import byte_tokenizer, tiny_llama  # noqa: E402
-
-from nestrank.models import MatryoshkaReranker, Profile, write_profiles  # noqa: E402
-from nestrank.serve import ServeSettings, parse_model_spec  # noqa: E402
-from nestrank.serve.state import ServerState  # noqa: E402
+from nestrank.models import MatryoshkaReranker, Profile, write_profiles
+from nestrank.models.tiny import save_tiny_llama
+from nestrank.serve import ServeSettings, parse_model_spec
 
 QUERY = "why do cats purr"
 DOCS = ["Cats purr when they are happy and relaxed.", "Dogs bark at strangers.",
@@ -36,13 +32,11 @@ PROFILES = {"balanced": Profile("balanced", "depth=5", rerank_depth=3, weight=0.
 
 def build_models(root: Path) -> dict[str, Path]:
     """Save the tiny reranker checkpoint (with profiles.json) and the tiny embedder under ``root``."""
-    base = root / "base"
-    tiny_llama().save_pretrained(base)
-    byte_tokenizer().save_pretrained(base)
+    base = save_tiny_llama(root / "base")
     reranker = MatryoshkaReranker.from_pretrained(str(base), dtype="float32", device="cpu", max_passage_tokens=48)
     ckpt = reranker.save_pretrained(root / "reranker")
     write_profiles(ckpt, PROFILES)
-    embedder = make_tiny_llama(root / "embedder")
+    embedder = save_word_llama(root / "embedder")
     return {"reranker": ckpt, "embedder": embedder}
 
 
@@ -50,20 +44,6 @@ def settings_for(paths: dict[str, Path], **overrides) -> ServeSettings:
     """Settings serving the tiny reranker as ``tiny`` and the embedder as ``emb``."""
     models = (parse_model_spec(f"tiny={paths['reranker']}"), parse_model_spec(f"emb={paths['embedder']}"))
     return ServeSettings(models=models, device="cpu", dtype="float32", **overrides)
-
-
-@pytest.fixture(scope="session")
-def model_paths(tmp_path_factory) -> dict[str, Path]:
-    return build_models(tmp_path_factory.mktemp("serve-models"))
-
-
-@pytest.fixture(scope="module")
-def loaded(model_paths) -> Iterator[ServerState]:
-    """A loaded, warmed server state (default settings), closed after the module."""
-    torch.set_num_threads(1)
-    state = ServerState(settings_for(model_paths)).load()
-    yield state
-    state.close()
 
 
 def free_port() -> int:
