@@ -27,7 +27,7 @@ def evaluate_command(
                                           "value (metric names as ir_measures prints them, e.g. nDCG@10).")] = False,
     test: Annotated[str, typer.Option("--test", help="Significance test vs the first run: t (paired t-test) or "
                                       "permutation (paired randomisation).")] = "t",
-    alpha: Annotated[float, typer.Option("--alpha", help="Significance level of the table's markers.")] = 0.05,
+    alpha: Annotated[float, typer.Option("--alpha", min=0, max=1, help="Significance level of the table's markers.")] = 0.05,
 ) -> None:
     """Evaluate runs, e.g. `nestrank evaluate --dataset scifact --split test bm25.run hybrid.run`.
 
