@@ -162,7 +162,7 @@ ScoreFn = Callable[[list[str], list[Document]], list[Sequence[float]]]
 
 
 def _rerank(run: Run, queries: Mapping[str, str], corpus: Corpus, score: ScoreFn, outputs: int, depth: int,
-            pairs_per_call: int, show_progress: bool, journal: ScoreJournal | None = None) -> list[Run]:
+            pairs_per_call: int, show_progress: bool, journal: ScoreJournal | None) -> list[Run]:
     """Rerank ``run`` with ``score``, which returns ``outputs`` score lists per call: one Run per list."""
     _check_ids(run, queries, corpus, depth)
     results = [Run() for _ in range(outputs)]
@@ -182,12 +182,6 @@ def _rerank(run: Run, queries: Mapping[str, str], corpus: Corpus, score: ScoreFn
     return results
 
 
-def _check_settings(depth: int, pairs_per_call: int) -> None:
-    check_rerank_depth(depth)
-    if pairs_per_call < 1:
-        raise ConfigError(f"pairs_per_call must be at least 1, got {pairs_per_call}")
-
-
 def _chunks(run: Run, depth: int, pairs_per_call: int) -> list[list[str]]:
     """The queries scored together: consecutive queries until they hold ``pairs_per_call`` pairs (always cut alike)."""
     chunks: list[list[str]] = [[]]
@@ -204,8 +198,13 @@ def _chunks(run: Run, depth: int, pairs_per_call: int) -> list[list[str]]:
 @contextlib.contextmanager
 def _journal(path: str | Path | None, reranker: Reranker, settings: dict[str, Any], run: Run, depth: int,
              pairs_per_call: int) -> Iterator[ScoreJournal | None]:
-    """The journal at ``path`` for this call (``None`` without a path), checked against everything scores depend on."""
-    _check_settings(depth, pairs_per_call)
+    """The journal at ``path`` for this call (``None`` without a path), checked against everything scores depend on.
+
+    Checks ``depth`` and ``pairs_per_call`` first, journal or not.
+    """
+    check_rerank_depth(depth)
+    if pairs_per_call < 1:
+        raise ConfigError(f"pairs_per_call must be at least 1, got {pairs_per_call}")
     if path is None:
         yield None
         return
