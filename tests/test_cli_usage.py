@@ -6,6 +6,7 @@ are checked before any expensive work, which is replaced here by a trap that fai
 
 from __future__ import annotations
 
+import importlib
 import os
 import resource
 import subprocess
@@ -51,11 +52,16 @@ def no_work(monkeypatch):
     def trap(*args, **kwargs):
         raise AssertionError("expensive work started before the checks")
 
-    for target in ("nestrank.rerank.load_reranker", "nestrank.retrieve.encode.run_encoding",
-                   "nestrank.retrieve.build.build_vector_index", "nestrank.retrieve.bm25.BM25Index.build",
-                   "nestrank.retrieve.index.open_index", "nestrank.train.retriever.train_retriever",
-                   "nestrank.pipeline.Pipeline.from_config", "nestrank.models.MatryoshkaReranker.from_pretrained",
-                   "nestrank.train.mining.mine_to_file", "nestrank.data.convert.convert"):
+    targets = ("nestrank.rerank.load_reranker", "nestrank.retrieve.encode.run_encoding",
+               "nestrank.retrieve.build.build_vector_index", "nestrank.retrieve.bm25.BM25Index.build",
+               "nestrank.retrieve.index.open_index", "nestrank.train.retriever.train_retriever",
+               "nestrank.pipeline.Pipeline.from_config", "nestrank.models.MatryoshkaReranker.from_pretrained",
+               "nestrank.train.mining.mine_to_file", "nestrank.data.convert.convert")
+    for module in ("nestrank.rerank", "nestrank.retrieve.encode", "nestrank.retrieve.build", "nestrank.retrieve.bm25",
+                   "nestrank.retrieve.index", "nestrank.train.retriever", "nestrank.pipeline", "nestrank.models",
+                   "nestrank.train.mining", "nestrank.data.convert"):
+        importlib.import_module(module)  # first, so no module imports a trap by name while the traps are set
+    for target in targets:
         monkeypatch.setattr(target, trap)
 
 
