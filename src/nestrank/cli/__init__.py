@@ -65,12 +65,13 @@ def main() -> None:
     line and exit 130 and 143 (:mod:`nestrank.cli.interrupts`). Anything else is a bug and
     keeps its traceback.
     """
-    from nestrank.cli import commands  # noqa: F401  (registers the commands)
     from nestrank.cli.interrupts import Interrupted, raising_on_signals
     from nestrank.errors import NestrankError
 
     with raising_on_signals():
         try:
+            from nestrank.cli import commands  # noqa: F401  (registers the commands)
+
             app(prog_name="nestrank")  # standalone: Typer shows usage errors itself, exits with the command's status
         except NestrankError as exc:
             _error(f"error: {exc}")
