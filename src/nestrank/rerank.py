@@ -10,21 +10,26 @@ meaning beyond that order.
 Pairs of several queries are scored in one :meth:`Reranker.score` call (about
 ``pairs_per_call`` pairs), so length-sorted batching packs them across queries.
 :func:`rerank_run_exits` reranks with several exits of a Matryoshka reranker in one pass.
+With ``journal=PATH`` both record every finished chunk's scores as they go, and a later call
+with the same journal resumes where an interrupted one stopped, with an identical result
+(:mod:`nestrank.journal`).
 :func:`load_reranker` builds a reranker from a model name for the CLI and scripts;
 :func:`check_reranker_config` checks a configuration for a model before it is loaded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
 from nestrank.data.corpus import Corpus, Document
 from nestrank.data.run import Run
 from nestrank.errors import ConfigError
+from nestrank.journal import ScoreJournal, chunk_inputs
 from nestrank.models.reranker import Reranker, RerankInputError
 from nestrank.models.settings import detect_kind
 
@@ -69,6 +74,7 @@ def rerank_run(
     batch_tokens: int | None = None,
     pairs_per_call: int = 512,
     show_progress: bool = True,
+    journal: str | Path | None = None,
 ) -> Run:
     """Rerank the top ``rerank_depth`` documents of each query of ``run``; returns a new :class:`Run`.
 
@@ -83,6 +89,11 @@ def rerank_run(
         batch_tokens: padded-token budget of one forward batch (reranker default if ``None``).
         pairs_per_call: pairs gathered across queries before one ``score`` call.
         show_progress: a progress bar over queries (on stderr).
+        journal: a file recording every finished chunk's scores (fsynced as they finish); a
+            call with the same journal, run, queries, corpus, reranker and settings takes the
+            finished chunks from it and returns what an uninterrupted call returns. Anything
+            else that changed starts the journal over. The file is kept: delete it once the
+            result is saved (:mod:`nestrank.journal`).
 
     ``k=`` is accepted as a deprecated alias of ``rerank_depth`` (with a ``DeprecationWarning``).
 
@@ -98,7 +109,9 @@ def rerank_run(
                               "(request a single exit in config, or use rerank_run_exits)")
         return [scores]
 
-    return _rerank(run, queries, corpus, score, 1, rerank_depth, pairs_per_call, show_progress)[0]
+    settings = {"config": repr(config), "batch_tokens": batch_tokens, "outputs": "single"}
+    with _journal(journal, reranker, settings, run, rerank_depth, pairs_per_call) as book:
+        return _rerank(run, queries, corpus, score, 1, rerank_depth, pairs_per_call, show_progress, book)[0]
 
 
 @_k_renamed
@@ -110,10 +123,10 @@ def rerank_run_exits(
     exits: Sequence[int],
     *,
     rerank_depth: int = DEFAULT_RERANK_DEPTH,
-    config: Any = None,
-    batch_tokens: int | None = None,
+    config: Any = None, batch_tokens: int | None = None,
     pairs_per_call: int = 512,
     show_progress: bool = True,
+    journal: str | Path | None = None,
 ) -> dict[int, Run]:
     """Rerank with several exit layers of a Matryoshka reranker at the cost of the deepest: ``{layer: Run}``.
 
@@ -121,7 +134,7 @@ def rerank_run_exits(
     (:meth:`MatryoshkaReranker.score_exits`); ``config``'s width steps apply to every exit, so
     ``exits=[10, 20, 30], config="compress=8:0.5"`` gives the same runs as three
     :func:`rerank_run` calls with ``depth=10/20/30,compress=8:0.5``. Arguments, the ranking of
-    documents below ``rerank_depth`` and errors are those of :func:`rerank_run`.
+    documents below ``rerank_depth``, the journal and errors are those of :func:`rerank_run`.
     """
     layers = sorted(set(exits))
     if not layers:
@@ -131,7 +144,9 @@ def rerank_run_exits(
         table = reranker.score_exits(pair_queries, pair_docs, layers, config=config, batch_tokens=batch_tokens)
         return [table[layer] for layer in layers]
 
-    runs = _rerank(run, queries, corpus, score, len(layers), rerank_depth, pairs_per_call, show_progress)
+    settings = {"config": repr(config), "batch_tokens": batch_tokens, "outputs": layers}
+    with _journal(journal, reranker, settings, run, rerank_depth, pairs_per_call) as book:
+        runs = _rerank(run, queries, corpus, score, len(layers), rerank_depth, pairs_per_call, show_progress, book)
     return dict(zip(layers, runs, strict=True))
 
 
@@ -147,11 +162,8 @@ ScoreFn = Callable[[list[str], list[Document]], list[Sequence[float]]]
 
 
 def _rerank(run: Run, queries: Mapping[str, str], corpus: Corpus, score: ScoreFn, outputs: int, depth: int,
-            pairs_per_call: int, show_progress: bool) -> list[Run]:
+            pairs_per_call: int, show_progress: bool, journal: ScoreJournal | None) -> list[Run]:
     """Rerank ``run`` with ``score``, which returns ``outputs`` score lists per call: one Run per list."""
-    check_rerank_depth(depth)
-    if pairs_per_call < 1:
-        raise ConfigError(f"pairs_per_call must be at least 1, got {pairs_per_call}")
     _check_ids(run, queries, corpus, depth)
     results = [Run() for _ in range(outputs)]
     progress = None
@@ -160,24 +172,52 @@ def _rerank(run: Run, queries: Mapping[str, str], corpus: Corpus, score: ScoreFn
 
         progress = tqdm(total=len(run), desc="reranking", unit="query")
     try:
-        chunk: list[str] = []
-        pending = 0
-        for qid in run:
-            chunk.append(qid)
-            pending += min(depth, len(run[qid]))
-            if pending >= pairs_per_call:
-                _rerank_chunk(chunk, run, queries, corpus, score, depth, results)
-                if progress is not None:
-                    progress.update(len(chunk))
-                chunk, pending = [], 0
-        if chunk:
-            _rerank_chunk(chunk, run, queries, corpus, score, depth, results)
+        for chunk in _chunks(run, depth, pairs_per_call):
+            _rerank_chunk(chunk, run, queries, corpus, score, depth, results, journal)
             if progress is not None:
                 progress.update(len(chunk))
     finally:
         if progress is not None:
             progress.close()
     return results
+
+
+def _chunks(run: Run, depth: int, pairs_per_call: int) -> list[list[str]]:
+    """The queries scored together: consecutive queries until they hold ``pairs_per_call`` pairs (always cut alike)."""
+    chunks: list[list[str]] = [[]]
+    pending = 0
+    for qid in run:
+        chunks[-1].append(qid)
+        pending += min(depth, len(run[qid]))
+        if pending >= pairs_per_call:
+            chunks.append([])
+            pending = 0
+    return [chunk for chunk in chunks if chunk]
+
+
+@contextlib.contextmanager
+def _journal(path: str | Path | None, reranker: Reranker, settings: dict[str, Any], run: Run, depth: int,
+             pairs_per_call: int) -> Iterator[ScoreJournal | None]:
+    """The journal at ``path`` for this call (``None`` without a path), checked against everything scores depend on.
+
+    Checks ``depth`` and ``pairs_per_call`` first, journal or not.
+    """
+    check_rerank_depth(depth)
+    if pairs_per_call < 1:
+        raise ConfigError(f"pairs_per_call must be at least 1, got {pairs_per_call}")
+    if path is None:
+        yield None
+        return
+    import hashlib
+    import json
+
+    from nestrank.journal import reranker_fingerprint
+
+    digest = hashlib.sha256(json.dumps({"reranker": reranker_fingerprint(reranker), **settings}).encode())
+    for chunk in _chunks(run, depth, pairs_per_call):
+        digest.update(json.dumps([[qid, run.doc_ids(qid, depth)] for qid in chunk]).encode())
+    with ScoreJournal(path, digest.hexdigest()) as journal:
+        yield journal
 
 
 def _check_ids(run: Run, queries: Mapping[str, str], corpus: Corpus, depth: int) -> None:
@@ -198,7 +238,7 @@ def _check_ids(run: Run, queries: Mapping[str, str], corpus: Corpus, depth: int)
 
 
 def _rerank_chunk(chunk: list[str], run: Run, queries: Mapping[str, str], corpus: Corpus, score: ScoreFn,
-                  depth: int, results: list[Run]) -> None:
+                  depth: int, results: list[Run], journal: ScoreJournal | None) -> None:
     """Score the top-``depth`` pairs of several queries in one call and add their reranked lists to ``results``."""
     pair_queries: list[str] = []
     pair_docs: list[Document] = []
@@ -206,7 +246,12 @@ def _rerank_chunk(chunk: list[str], run: Run, queries: Mapping[str, str], corpus
         docs = corpus.get_many(run.doc_ids(qid, depth))
         pair_queries.extend([queries[qid]] * len(docs))
         pair_docs.extend(docs)
-    tables = score(pair_queries, pair_docs) if pair_docs else [[] for _ in results]
+    inputs = chunk_inputs(pair_queries, pair_docs) if journal is not None else ""
+    tables = journal.get(inputs) if journal is not None else None
+    if tables is None:
+        tables = score(pair_queries, pair_docs) if pair_docs else [[] for _ in results]
+        if journal is not None:
+            journal.add(inputs, tables)
     for scores, result in zip(tables, results, strict=True):
         start = 0
         for qid in chunk:

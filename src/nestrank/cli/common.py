@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
@@ -53,9 +55,12 @@ def open_dataset(dataset: str | None, corpus: Path | None = None, queries: Path 
     return ds
 
 
-def library_option(flag: str, help: str, default: object) -> Any:
-    """An option that defaults to ``None``: unset, the library's ``default`` holds (``--help`` shows it)."""
-    return typer.Option(flag, help=help, show_default="none" if default is None else str(default))
+def library_option(flag: str, help: str, default: object, **limits: float) -> Any:
+    """An option that defaults to ``None``: unset, the library's ``default`` holds (``--help`` shows it).
+
+    ``limits`` are Typer's ``min``/``max`` (a value outside is a usage error, exit 2).
+    """
+    return typer.Option(flag, help=help, show_default="none" if default is None else str(default), **limits)
 
 
 def deprecated_option(flag: str, replacement: str) -> Any:
@@ -90,3 +95,35 @@ def renamed(value: T | None, old_value: T | None, flag: str, old_flag: str) -> T
         raise ConfigError(f"give {flag} only ({old_flag} is its deprecated name)")
     typer.secho(f"warning: {old_flag} is deprecated and will be removed; use {flag}", fg=typer.colors.YELLOW, err=True)
     return old_value
+
+
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu|hpu|npu|meta)(:\d+)?")
+
+
+def check_choice(value: str | None, choices: Sequence[str], option: str) -> None:
+    """Raise :class:`~nestrank.errors.ConfigError` unless ``value`` is ``None`` or one of ``choices``."""
+    from nestrank.errors import ConfigError
+
+    if value is not None and value not in choices:
+        raise ConfigError(f"unknown {option} {value!r}; choose one of: {', '.join(choices)}")
+
+
+def check_device(device: str | None, option: str = "--device") -> None:
+    """A torch device string such as ``cpu``, ``cuda`` or ``cuda:1`` (availability is checked when the model loads)."""
+    from nestrank.errors import ConfigError
+
+    if device is not None and not _DEVICE.fullmatch(device):
+        raise ConfigError(f"{option} {device!r} is not a device (fix: cpu, cuda, cuda:1, mps...)")
+
+
+def check_model(name: str | Path | None, option: str = "--model") -> None:
+    """Fail before any work on a model that cannot load here (:func:`nestrank.models.availability.check_model_name`)."""
+    from nestrank.errors import ConfigError
+    from nestrank.models.availability import check_model_name
+
+    if name is None:
+        return
+    try:
+        check_model_name(name)
+    except ConfigError as exc:
+        raise ConfigError(f"{option}: {exc}") from None

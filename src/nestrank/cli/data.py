@@ -30,7 +30,7 @@ def convert_command(
                                                 "for qrels/runs, every document id is checked against it.")] = None,
     queries: Annotated[Path | None, typer.Option("--queries", help="Queries for tevatron-ids groups without "
                                                  "query_text; for qrels/runs, query ids are checked against it.")] = None,
-    top: Annotated[int | None, typer.Option("--top", help="Runs: keep the best K results per query.")] = None,
+    top: Annotated[int | None, typer.Option("--top", min=1, help="Runs: keep the best K results per query.")] = None,
     tag: Annotated[str, typer.Option("--tag", help="Runs: the tag column of a TREC run.")] = "nestrank",
     skip_empty: Annotated[bool, typer.Option("--skip-empty", help="Corpus: drop documents with no text "
                                              "instead of failing.")] = False,
@@ -39,7 +39,9 @@ def convert_command(
 ) -> None:
     """Convert SRC to DST, e.g. `nestrank data convert --kind corpus collection.tsv corpus.jsonl`."""
     from nestrank.data.convert import convert
+    from nestrank.files import check_output
 
+    check_output(dst, option="DST")
     done = convert(kind, src, dst, to=to, src_fmt=src_fmt, corpus=corpus, queries=queries, top_k=top, tag=tag,
                    skip_empty=skip_empty, topic_field=topic_field)
     typer.echo(f"wrote {done.count} {done.kind} records to {done.path} ({done.fmt})")

@@ -10,7 +10,16 @@ from typing import Annotated
 import typer
 
 from nestrank.cli import app
-from nestrank.cli.common import CorpusOpt, DatasetOpt, given, library_option, open_dataset
+from nestrank.cli.common import (
+    CorpusOpt,
+    DatasetOpt,
+    check_choice,
+    check_device,
+    check_model,
+    given,
+    library_option,
+    open_dataset,
+)
 from nestrank.retrieve.config import EMBEDDING_DTYPE, ENCODE_CHUNK_SIZE
 
 
@@ -24,28 +33,35 @@ def encode_command(
     corpus: CorpusOpt = None,
     preset: Annotated[str | None, typer.Option("--preset", help="Encoder preset (repllama, minilm); default: "
                                                "the encoder's choice for the model.")] = None,
-    shard_id: Annotated[int | None, typer.Option("--shard-id", help="Encode only this shard (0-based); default: "
+    shard_id: Annotated[int | None, typer.Option("--shard-id", min=0, help="Encode only this shard (0-based); default: "
                                                  "every shard not yet done.")] = None,
-    num_shards: Annotated[int, typer.Option("--num-shards", help="Contiguous shards to cut the corpus into.")] = 1,
+    num_shards: Annotated[int, typer.Option("--num-shards", min=1, help="Contiguous shards to cut the corpus into.")] = 1,
     dtype: Annotated[str | None, library_option("--dtype", "Stored vector type: float16 or float32.",
                                                 EMBEDDING_DTYPE)] = None,
-    batch_tokens: Annotated[int | None, typer.Option("--batch-tokens", help="Token budget per encoder "
+    batch_tokens: Annotated[int | None, typer.Option("--batch-tokens", min=1, help="Token budget per encoder "
                                                      "batch.")] = None,
     chunk_size: Annotated[int | None, library_option("--chunk-size", "Documents read and written per step.",
-                                                     ENCODE_CHUNK_SIZE)] = None,
+                                                     ENCODE_CHUNK_SIZE, min=1)] = None,
     engine: Annotated[str, typer.Option("--engine", help="local (this process) or ray (a Ray Data actor "
                                         "pool; connects to RAY_ADDRESS or starts a local Ray).")] = "local",
-    actors: Annotated[int | None, typer.Option("--actors", help="Ray: encoder actors (default: one per GPU, "
+    actors: Annotated[int | None, typer.Option("--actors", min=1, help="Ray: encoder actors (default: one per GPU, "
                                                "else 1).")] = None,
-    gpus_per_actor: Annotated[float | None, typer.Option("--gpus-per-actor", help="Ray: GPUs per actor "
+    gpus_per_actor: Annotated[float | None, typer.Option("--gpus-per-actor", min=0, help="Ray: GPUs per actor "
                                                          "(default 1 when the cluster has GPUs).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="Local engine: torch device (default: CUDA "
                                                "when available).")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Encode a corpus into sharded embeddings, e.g. `nestrank encode -d scifact -m minilm-l6 -o scifact.emb`."""
-    from nestrank.retrieve.encode import run_encoding
+    from nestrank.files import check_output
+    from nestrank.models.dense import ENCODER_PRESETS
+    from nestrank.retrieve.encode import ENGINES, run_encoding
 
+    check_output(out, directory=True)
+    check_choice(engine, ENGINES, "--engine")
+    check_choice(preset, list(ENCODER_PRESETS), "--preset")
+    check_device(device)
+    check_model(model)
     start = time.perf_counter()
     docs = open_dataset(dataset, corpus=corpus).corpus
     manifest = run_encoding(docs, out, model, preset=preset, shard_id=shard_id, num_shards=num_shards,

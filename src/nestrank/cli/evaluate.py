@@ -27,8 +27,8 @@ def evaluate_command(
                                           "value (metric names as ir_measures prints them, e.g. nDCG@10).")] = False,
     test: Annotated[str, typer.Option("--test", help="Significance test vs the first run: t (paired t-test) or "
                                       "permutation (paired randomisation).")] = "t",
-    alpha: Annotated[float, typer.Option("--alpha", help="Significance level of the table's markers.")] = 0.05,
-    sample: Annotated[int | None, typer.Option("--sample", help="Evaluate a seeded sample of N judged queries "
+    alpha: Annotated[float, typer.Option("--alpha", min=0, max=1, help="Significance level of the table's markers.")] = 0.05,
+    sample: Annotated[int | None, typer.Option("--sample", min=1, help="Evaluate a seeded sample of N judged queries "
                                                "(the one `nestrank pipeline run --sample N` ran).")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of --sample.")] = 0,
     plot: Annotated[Path | None, typer.Option("--plot", help="Also draw the first metric against ms/query of the "

@@ -14,6 +14,7 @@ from nestrank.cli.common import (
     DatasetOpt,
     QrelsOpt,
     QueriesOpt,
+    check_choice,
     deprecated_option,
     given,
     open_dataset,
@@ -37,7 +38,7 @@ def mine_command(
     rank_window: Annotated[str | None, typer.Option("--rank-window", help="Rank window START:END to sample from "
                                                     "(ranks START+1..END); 10:100 skips the top 10.",
                                                     show_default="0:100")] = None,
-    negatives: Annotated[int, typer.Option("--negatives", "-n", help="Negatives per query.")] = 15,
+    negatives: Annotated[int, typer.Option("--negatives", "-n", min=1, help="Negatives per query.")] = 15,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (per query: seed and query id).")] = 0,
     fmt: Annotated[str, typer.Option("--format", help="tevatron-passages, tevatron-ids or flagembedding.")]
         = "tevatron-passages",
@@ -45,8 +46,13 @@ def mine_command(
 ) -> None:
     """Sample hard negatives (never a judged positive) from run(s) and write training groups."""
     from nestrank.data import Run
+    from nestrank.data.groups import GROUP_FORMATS
     from nestrank.errors import ConfigError
+    from nestrank.files import check_output
     from nestrank.train.mining import mine_to_file, parse_rank_window
+
+    check_output(out)
+    check_choice(fmt, GROUP_FORMATS, "--format")
 
     window = renamed(rank_window, depth, "--rank-window", "--depth")
     options = given(rank_window=None if window is None else parse_rank_window(window))

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from nestrank.cli import app
-from nestrank.cli.common import CorpusOpt, DatasetOpt, QueriesOpt, SplitOpt, open_dataset
+from nestrank.cli.common import CorpusOpt, DatasetOpt, QueriesOpt, SplitOpt, check_device, check_model, open_dataset
+
+if TYPE_CHECKING:
+    from nestrank.pipeline import PipelineConfig
 
 pipeline_app = typer.Typer(help="Run a multi-stage pipeline (first stage -> reranker) from a TOML file.",
                            no_args_is_help=True)
@@ -32,7 +35,7 @@ def pipeline_run_command(
     overrides: SetOpt = None,
     engine: Annotated[str, typer.Option("--engine", help="local (this process) or ray (queries sharded over Ray "
                                         "Data actors; connects to RAY_ADDRESS or starts a local Ray).")] = "local",
-    actors: Annotated[int, typer.Option("--actors", help="Ray: pipeline actors (each loads the index and "
+    actors: Annotated[int, typer.Option("--actors", min=1, help="Ray: pipeline actors (each loads the index and "
                                         "model).")] = 2,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = True,
     tag: Annotated[str, typer.Option("--tag", help="Tag column of the TREC run.")] = "nestrank-pipeline",
@@ -43,16 +46,24 @@ def pipeline_run_command(
     """Run a pipeline over a split's queries, e.g. `nestrank pipeline run -c P.toml -d scifact --out p.run`.
 
     Then `nestrank evaluate` shows the run's quality with its cost columns (ms/query, pairs/s, FLOPs).
+    The file, the models and the output path are checked before anything loads. The local
+    engine journals finished reranking in .OUT.journal, so the same command resumes an
+    interrupted run with the same result.
     """
     import json
 
     from nestrank.errors import ConfigError
+    from nestrank.files import check_output
+    from nestrank.journal import journal_path
     from nestrank.pipeline import Pipeline, load_pipeline_config
+    from nestrank.pipeline.pipeline import meta_path
     from nestrank.tomlconfig import parse_overrides
 
     if engine not in ("local", "ray"):
         raise ConfigError(f"unknown --engine {engine!r}; choose local or ray")
+    check_output(meta_path(check_output(out)))
     settings = load_pipeline_config(config, parse_overrides(overrides or []))
+    _check_models(settings)
     ds = open_dataset(dataset or settings.data.dataset, corpus=corpus, queries=queries, split=split)
     query_set = ds.queries if queries is not None else ds.split_queries(split)
     if sample is not None:
@@ -65,9 +76,24 @@ def pipeline_run_command(
         result = search_ray(settings, query_set, ds.corpus_path, actors=actors)
     else:
         pipeline = Pipeline.from_config(settings, corpus=ds.corpus, progress=progress)
+        if pipeline.rerank is not None:
+            pipeline.rerank.journal = journal_path(out)
         result = pipeline.search(query_set, show_progress=progress)
     result.write(out, tag=tag)
+    journal_path(out).unlink(missing_ok=True)
     typer.echo(json.dumps({"out": str(out), **result.summary()}))
+
+
+def _check_models(settings: PipelineConfig) -> None:
+    """The encoder and reranker a pipeline names, and the reranker's configuration or profile, before loading them."""
+    from nestrank.rerank import check_reranker_config
+
+    check_model(settings.first_stage.encoder, "first_stage.encoder")
+    section = settings.reranker
+    if section.model is not None:
+        check_device(section.device, "reranker.device")
+        check_model(section.model, "reranker.model")
+        check_reranker_config(section.model, section.config if section.config is not None else section.profile)
 
 
 @app.command("ask")
@@ -76,19 +102,18 @@ def ask_command(
     pipeline_file: Annotated[Path, typer.Option("--pipeline", "-p", help="Pipeline TOML file.", show_default=False)],
     dataset: DatasetOpt = None,
     overrides: SetOpt = None,
-    k: Annotated[int, typer.Option("--k", "-k", help="Results to print.")] = 10,
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Results to print.")] = 10,
 ) -> None:
     """Search one query through a pipeline and print ranked titles with scores."""
     from rich.console import Console
     from rich.table import Table
 
-    from nestrank.errors import ConfigError
-    from nestrank.pipeline import Pipeline
+    from nestrank.pipeline import Pipeline, load_pipeline_config
     from nestrank.tomlconfig import parse_overrides
 
-    if k < 1:
-        raise ConfigError(f"--k must be at least 1, got {k}")
-    pipeline = Pipeline.from_config(pipeline_file, dataset=dataset, overrides=parse_overrides(overrides or []))
+    settings = load_pipeline_config(pipeline_file, parse_overrides(overrides or []))
+    _check_models(settings)
+    pipeline = Pipeline.from_config(settings, dataset=dataset)
     table = Table(title=query, title_justify="left")
     for column in ("rank", "score", "doc", "title"):
         table.add_column(column, justify="right" if column in ("rank", "score") else "left")

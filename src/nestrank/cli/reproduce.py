@@ -31,6 +31,7 @@ def reproduce_command(
     from rich.table import Table
 
     from nestrank.errors import ConfigError
+    from nestrank.files import check_output
     from nestrank.reproduce import load_conditions, reproduce
 
     conditions = load_conditions(file)
@@ -49,6 +50,7 @@ def reproduce_command(
             for command in condition.commands:
                 console.print(f"  {command}", markup=False, highlight=False)
         return
+    check_output(out, directory=True)
     outcomes = reproduce(conditions, dataset=dataset, out=out, rerun=rerun,
                          log=lambda line: typer.echo(line, err=True))
     table = Table(title=f"{file} ({dataset})")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, get_args
 
 import typer
 
@@ -17,6 +17,8 @@ from nestrank.cli.common import (
     DatasetOpt,
     QueriesOpt,
     SplitOpt,
+    check_choice,
+    check_model,
     deprecated_option,
     given,
     library_option,
@@ -45,8 +47,8 @@ def index_command(
     dataset: DatasetOpt = None,
     corpus: CorpusOpt = None,
     method: Annotated[str, typer.Option("--method", help=f"Index type: {', '.join(INDEX_METHODS)}.")] = "bm25",
-    k1: Annotated[float | None, library_option("--k1", "BM25 term-frequency saturation.", _BM25.k1)] = None,
-    b: Annotated[float | None, library_option("--b", "BM25 length normalisation (0..1).", _BM25.b)] = None,
+    k1: Annotated[float | None, library_option("--k1", "BM25 term-frequency saturation.", _BM25.k1, min=0)] = None,
+    b: Annotated[float | None, library_option("--b", "BM25 length normalisation (0..1).", _BM25.b, min=0, max=1)] = None,
     stemmer: Annotated[str | None, library_option("--stemmer", "Snowball stemmer (PyStemmer name) or 'none'.",
                                                   _BM25.stemmer)] = None,
     stopwords: Annotated[str | None, library_option("--stopwords", "Stopword list language code (en, de, fr, ...) "
@@ -65,26 +67,32 @@ def index_command(
     index_type: Annotated[str | None, library_option("--index-type", "dense/hybrid: FAISS index: "
                                                      f"{', '.join(FAISS_TYPES)} (flat is exact).",
                                                      _FAISS.index_type)] = None,
-    hnsw_m: Annotated[int | None, library_option("--hnsw-m", "HNSW links per node.", _FAISS.hnsw_m)] = None,
+    hnsw_m: Annotated[int | None, library_option("--hnsw-m", "HNSW links per node.", _FAISS.hnsw_m, min=1)] = None,
     ef_construction: Annotated[int | None, library_option("--ef-construction", "HNSW build beam width.",
-                                                          _FAISS.ef_construction)] = None,
-    ef_search: Annotated[int | None, library_option("--ef-search", "HNSW search beam width.", _FAISS.ef_search)] = None,
-    nlist: Annotated[int | None, typer.Option("--nlist", help="IVF clusters per shard (default ~4*sqrt(n)).")] = None,
-    nprobe: Annotated[int | None, library_option("--nprobe", "IVF clusters searched per query.", _FAISS.nprobe)] = None,
+                                                          _FAISS.ef_construction, min=1)] = None,
+    ef_search: Annotated[int | None, library_option("--ef-search", "HNSW search beam width.", _FAISS.ef_search, min=1)] = None,
+    nlist: Annotated[int | None, typer.Option("--nlist", min=1, help="IVF clusters per shard (default ~4*sqrt(n)).")] = None,
+    nprobe: Annotated[int | None, library_option("--nprobe", "IVF clusters searched per query.", _FAISS.nprobe, min=1)] = None,
     pq_m: Annotated[int | None, library_option("--pq-m", "IVF-PQ sub-quantizers (divides the dimension).",
-                                               _FAISS.pq_m)] = None,
+                                               _FAISS.pq_m, min=1)] = None,
     pq_nbits: Annotated[int | None, library_option("--pq-nbits", "IVF-PQ bits per sub-quantizer code.",
-                                                   _FAISS.pq_nbits)] = None,
-    rrf_k: Annotated[float | None, library_option("--rrf-k", "hybrid: RRF constant k.", RRF_K)] = None,
+                                                   _FAISS.pq_nbits, min=1)] = None,
+    rrf_k: Annotated[float | None, library_option("--rrf-k", "hybrid: RRF constant k.", RRF_K, min=0)] = None,
     fusion_depth: Annotated[int | None, library_option("--fusion-depth", "hybrid: results per sub-index fused per "
-                                                       "query.", FUSION_DEPTH)] = None,
+                                                       "query.", FUSION_DEPTH, min=1)] = None,
     depth: Annotated[int | None, deprecated_option("--depth", "--fusion-depth")] = None,
 ) -> None:
     """Index a corpus (title + text), e.g. `nestrank index --dataset scifact --out scifact.bm25`."""
-    from nestrank.errors import ConfigError
+    from nestrank.files import check_output
+    from nestrank.retrieve.manifest import MANIFEST
 
-    if method not in INDEX_METHODS:
-        raise ConfigError(f"unknown --method {method!r}; choose one of: {', '.join(INDEX_METHODS)}")
+    check_choice(method, INDEX_METHODS, "--method")
+    check_choice(variant, BM25_VARIANTS, "--variant")
+    check_choice(index_type, FAISS_TYPES, "--index-type")
+    check_output(out, directory=True, marker=MANIFEST, what="a nestrank index")
+    if method != "bm25" and model is not None:
+        check_model(model)
+        check_output(embeddings or out.with_name(out.name + ".emb"), directory=True, option="--embeddings")
     fusion_depth = renamed(fusion_depth, depth, "--fusion-depth", "--depth")
     bm25 = given(k1=k1, b=b, method=variant)
     bm25.update({name: _none_or(value) for name, value in given(stemmer=stemmer, stopwords=stopwords).items()})
@@ -115,14 +123,16 @@ def search_command(
     dataset: DatasetOpt = None,
     queries: QueriesOpt = None,
     split: SplitOpt = "test",
-    k: Annotated[int, typer.Option("--k", "-k", help="Results per query.")] = 100,
-    threads: Annotated[int, typer.Option("--threads", help="Scoring threads (0: calling thread, -1: one per "
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="Results per query.")] = 100,
+    threads: Annotated[int, typer.Option("--threads", min=-1, help="Scoring threads (0: calling thread, -1: one per "
                                          "CPU).")] = 0,
     tag: Annotated[str, typer.Option("--tag", help="Tag column of the TREC run.")] = "nestrank",
 ) -> None:
     """Search every query of a split (or of --queries FILE) and write a TREC run."""
+    from nestrank.files import check_output
     from nestrank.retrieve.index import open_index
 
+    check_output(out)
     ds = open_dataset(dataset, queries=queries, split=split)
     # explicit --queries: search all of them; otherwise the queries judged in --split
     query_set = ds.queries if queries is not None else ds.split_queries(split)
@@ -144,15 +154,19 @@ def fuse_command(
                                         "scores).")] = "rrf",
     weights: Annotated[str | None, typer.Option("--weights", help="Comma-separated weight per run "
                                                 "(default: equal).")] = None,
-    rrf_k: Annotated[float | None, library_option("--rrf-k", "RRF constant k.", RRF_K)] = None,
+    rrf_k: Annotated[float | None, library_option("--rrf-k", "RRF constant k.", RRF_K, min=0)] = None,
     norm: Annotated[str, typer.Option("--norm", help="Linear fusion score normalisation: minmax or zscore.")] = "minmax",
     k: Annotated[int | None, typer.Option("--k", "-k", help="Keep the best K fused results per query.")] = None,
     tag: Annotated[str, typer.Option("--tag", help="Tag column of the TREC run.")] = "nestrank-fused",
 ) -> None:
     """Fuse several runs into one, e.g. `nestrank fuse bm25.run dense.run --out hybrid.run`."""
     from nestrank.data import Run
-    from nestrank.retrieve.fusion import fuse
+    from nestrank.files import check_output
+    from nestrank.retrieve.fusion import FUSION_METHODS, Normalisation, fuse
 
+    check_output(out)
+    check_choice(method, FUSION_METHODS, "fusion method")
+    check_choice(norm, get_args(Normalisation), "--norm")
     weight_values = parse_weights(weights)
     loaded = [Run.read_trec(path) for path in runs]
     fused = fuse(loaded, method, weight_values, norm=norm, k=k, **given(rrf_k=rrf_k))  # type: ignore[arg-type]

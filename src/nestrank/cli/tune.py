@@ -2,24 +2,31 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from nestrank.cli import app
-from nestrank.cli.common import DatasetOpt
+from nestrank.cli.common import DatasetOpt, check_model
 
 
-def _numbers(text: str | None, kind: type, option: str) -> list | None:
+def _numbers(text: str | None, kind: type, option: str, low: float, high: float = math.inf) -> list | None:
+    """Comma-separated numbers in ``[low, high]``, or ``None`` when the option was not given."""
     from nestrank.errors import ConfigError
 
     if text is None:
         return None
     try:
-        return [kind(item) for item in text.split(",") if item.strip()]
+        values = [kind(item) for item in text.split(",") if item.strip()]
     except ValueError:
         raise ConfigError(f"{option} must be comma-separated {kind.__name__}s, got {text!r}") from None
+    outside = [v for v in values if not low <= v <= high]
+    if outside or not values:
+        bounds = f">= {low:g}" if high == math.inf else f"in [{low:g}, {high:g}]"
+        raise ConfigError(f"{option} values must be {bounds}, got {text!r}")
+    return values
 
 
 @app.command("tune")
@@ -45,11 +52,11 @@ def tune_command(
                                                       "10,20,30.")] = None,
     weights: Annotated[str | None, typer.Option("--weights", help="Interpolation weights to try (1 = the reranker "
                                                 "alone).")] = None,
-    balanced: Annotated[float, typer.Option("--balanced", help="balanced: lightest within this fraction of full's "
+    balanced: Annotated[float, typer.Option("--balanced", min=0, max=1, help="balanced: lightest within this fraction of full's "
                                             "quality.")] = 0.01,
-    light: Annotated[float, typer.Option("--light", help="light: lightest within this fraction.")] = 0.03,
+    light: Annotated[float, typer.Option("--light", min=0, max=1, help="light: lightest within this fraction.")] = 0.03,
     metric: Annotated[str, typer.Option("--metric", help="Validation metric.")] = "ndcg@10",
-    timing_pairs: Annotated[int, typer.Option("--timing-pairs", help="Pairs timed per configuration (0: cost = "
+    timing_pairs: Annotated[int, typer.Option("--timing-pairs", min=0, help="Pairs timed per configuration (0: cost = "
                                               "FLOPs only).")] = 32,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")] = False,
 ) -> None:
@@ -58,19 +65,31 @@ def tune_command(
 
     from nestrank.errors import ConfigError
     from nestrank.evaluate.metrics import parse_metric
+    from nestrank.files import check_output
     from nestrank.pipeline.tune import TuneGrid, default_grid, tune, validation_queries
+    from nestrank.rerank import check_reranker_config
 
     if split == "test":
         raise ConfigError("--split test: tuning on test queries would leak them into every reported test figure "
                           "(fix: tune on held-out training queries, the default)")
     metric_name = str(parse_metric(metric))
-    numbers = {"depths": _numbers(depths, int, "--depths"), "rerank_depths": _numbers(rerank_depths, int,
-               "--rerank-depths"), "weights": _numbers(weights, float, "--weights")}
+    numbers = {"depths": _numbers(depths, int, "--depths", 1), "rerank_depths": _numbers(rerank_depths, int,
+               "--rerank-depths", 1), "weights": _numbers(weights, float, "--weights", 0, 1)}
     width_list = None if widths is None else ["" if w.strip() == "full" else w.strip() for w in widths.split(",")]
     model_dir = Path(model)
     out_dir = out or (model_dir if model_dir.is_dir() else None)
     if out_dir is None:
         raise ConfigError(f"--model {model} is not a directory: give --out DIR for profiles.json")
+    check_output(out_dir, directory=True)
+    check_output(work or out_dir / ".tune-cache", directory=True, option="--work")
+    check_model(model)
+    for option, configs in (("--depths", [f"depth={d}" for d in numbers["depths"] or []]),
+                            ("--widths", [f"compress={w}" for w in width_list or [] if w])):
+        for candidate in configs:
+            try:
+                check_reranker_config(model, candidate)
+            except ConfigError as exc:
+                raise ConfigError(f"{option}: {exc}") from None
     ds, val_queries, qrels, source = validation_queries(dataset, model_dir, validation, split)
     typer.echo(f"tune: {len(val_queries)} validation queries ({source})", err=True)
 

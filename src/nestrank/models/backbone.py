@@ -12,7 +12,8 @@
   applied and, with ``merge_lora=True``, merged into the weights;
 - a hub id (``org/name``), passed through to transformers for users who have the hub; a hub
   repo holding ``adapter_config.json`` (e.g. ``castorini/repllama-v1-7b-lora-passage``) is
-  treated as an adapter. Offline, set ``HF_HUB_OFFLINE=1`` to skip the hub's retries.
+  treated as an adapter. Without network a hub id fails in seconds with the fix, or loads
+  from the local cache in offline mode (:mod:`nestrank.models.availability`).
 
 Decoder tokenizers always get a pad token (see :func:`ensure_pad_token`). Heavy libraries are
 imported inside the functions, so importing this module is cheap.
@@ -162,12 +163,15 @@ def resolve_source(name_or_path: str | Path, *, gguf_file: str | None = None,
 
 
 def _hub_adapter_config(hub_id: str) -> str | None:
-    """The downloaded ``adapter_config.json`` of a hub repo, or ``None`` (not an adapter, or no hub)."""
+    """The downloaded ``adapter_config.json`` of a hub repo, or ``None`` (not an adapter); fails fast offline."""
+    from nestrank.models.availability import check_hub_access
+
+    check_hub_access(hub_id)
     try:
         from transformers.utils.peft_utils import find_adapter_config_file
 
         return find_adapter_config_file(hub_id)
-    except Exception:  # offline, no such repo, gated...: transformers reports it when loading
+    except Exception:  # no such repo, gated...: transformers reports it when loading
         return None
 
 

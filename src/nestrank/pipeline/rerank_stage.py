@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nestrank.data import Corpus, Run
@@ -36,6 +37,8 @@ class RerankStage:
         norm: score normalisation of the interpolation.
         profile: the profile name the settings came from, if any.
         batch_tokens: padded tokens per forward batch (``None``: the reranker's default).
+        journal: a file recording finished reranking work, so an interrupted :meth:`apply`
+            resumes (``rerank_run(journal=...)``); ``None``: none.
     """
 
     reranker: Any
@@ -45,6 +48,7 @@ class RerankStage:
     norm: str = "minmax"
     profile: str | None = None
     batch_tokens: int | None = None
+    journal: Path | None = None
 
     @classmethod
     def load(cls, section: RerankerSection, reranker: Any = None) -> RerankStage:
@@ -90,7 +94,7 @@ class RerankStage:
 
         clock = time.perf_counter()
         reranked = rerank_run(candidates, queries, corpus, self.reranker, rerank_depth=self.rerank_depth, config=self.config,
-                              batch_tokens=self.batch_tokens, show_progress=show_progress)
+                              batch_tokens=self.batch_tokens, show_progress=show_progress, journal=self.journal)
         seconds = time.perf_counter() - clock
         run = reranked if self.weight == 1.0 else interpolate(candidates, reranked, self.weight, self.rerank_depth,
                                                               self.norm)

@@ -12,7 +12,9 @@ Matryoshka checkpoint (:mod:`nestrank.train.matryoshka`) or a RankLLaMA adapter
 (:mod:`nestrank.train.pointwise`). A checkpoint is written to a temporary directory and
 renamed into place, so a crash never leaves a half checkpoint. Dropout is re-seeded from
 ``(seed, rank, step)`` at every step, so no random state needs saving for a resumed run to
-repeat an uninterrupted one.
+repeat an uninterrupted one. A run without ``train.resume_from`` resumes from
+:func:`latest_checkpoint`: the newest ``checkpoint-STEP`` in its output directory written
+with the same configuration, so re-running an interrupted command continues it.
 """
 
 from __future__ import annotations
@@ -101,6 +103,30 @@ def load_checkpoint(path: Path, config: TrainConfig, optimizer: torch.optim.Opti
     optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
     scheduler.load_state_dict(json.loads((path / SCHEDULER_FILE).read_text(encoding="utf-8")))
     return int(state["step"])
+
+
+def latest_checkpoint(output_dir: Path, config: TrainConfig) -> Path | None:
+    """The newest ``checkpoint-STEP`` in ``output_dir`` written with ``config`` (``resume_from`` aside), or ``None``.
+
+    Checkpoints of any other configuration are ignored: the run starts over and replaces them.
+    """
+    current = _without_resume(config.to_dict())
+    found = []
+    for path in output_dir.glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if not step.isdigit() or not (path / STATE_FILE).is_file():
+            continue
+        try:
+            saved = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))["config"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if _without_resume(saved) == current:
+            found.append((int(step), path))
+    return max(found)[1] if found else None
+
+
+def _without_resume(config: dict[str, Any]) -> dict[str, Any]:
+    return {**config, "train": {k: v for k, v in config.get("train", {}).items() if k != "resume_from"}}
 
 
 def load_adapter_weights(peft_model: PeftModel, adapter_dir: Path, checkpoint: Path) -> None:

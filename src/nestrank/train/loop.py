@@ -5,7 +5,9 @@ process takes its slice, :class:`~nestrank.train.batches.GroupBatcher`). :class:
 owns what the trainers share: the validation hold-out (``validation_queries.txt``) and the
 step plan, AdamW with a linear warmup/decay schedule, dropout re-seeded per step, gradient
 sync and accumulation, clipping, the log (``train_log.jsonl``, one JSON line per logged
-step), the progress bar, checkpoints (:mod:`nestrank.train.checkpoint`) and resuming. A
+step), the progress bar, checkpoints (:mod:`nestrank.train.checkpoint`) and resuming (from
+``train.resume_from``, else from the newest checkpoint of the same configuration in the
+output directory, so re-running an interrupted command continues it). A
 trainer subclasses it and supplies its model (:meth:`Trainer.setup`), the loss of a
 micro-batch (:meth:`Trainer.batch_loss`, or the whole :meth:`Trainer.micro_step` when it
 runs its own backward) and its model's files in a checkpoint (:meth:`Trainer.save_model`,
@@ -30,7 +32,14 @@ from typing import TYPE_CHECKING, Any
 from nestrank.data.groups import TrainingGroup, read_groups
 from nestrank.errors import ConfigError
 from nestrank.train.batches import ContrastiveBatch, GroupBatcher, holdout
-from nestrank.train.checkpoint import RERANKER_RESUME_KEYS, RESUME_KEYS, is_sharded, load_checkpoint, save_checkpoint
+from nestrank.train.checkpoint import (
+    RERANKER_RESUME_KEYS,
+    RESUME_KEYS,
+    is_sharded,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
 from nestrank.train.config import OptimConfig, TrainConfig
 
 if TYPE_CHECKING:
@@ -48,12 +57,13 @@ MicroLoss = tuple[float, dict[str, float]]
 
 @dataclass
 class TrainResult:
-    """What a trainer produced: the final checkpoint, steps done and the last logged loss."""
+    """What a trainer produced: the final checkpoint, steps done, the last loss and the checkpoint it resumed from."""
 
     checkpoint: Path
     steps: int
     loss: float
     seconds: float
+    resumed_from: Path | None = None
 
 
 def load_groups(config: TrainConfig, output_dir: Path | None = None) -> list[TrainingGroup]:
@@ -73,6 +83,23 @@ def load_groups(config: TrainConfig, output_dir: Path | None = None) -> list[Tra
             with atomic_write(output_dir / VALIDATION_FILE) as handle:
                 handle.writelines(f"{qid}\n" for qid in sorted(held))
     return groups
+
+
+def _cut_log(path: Path, step: int) -> None:
+    """Keep the log records of steps up to ``step`` (all gone for a fresh run), so a resumed run logs each step once."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue  # a line cut short by a kill
+    from nestrank.files import atomic_write
+
+    with atomic_write(path) as handle:
+        handle.writelines(kept)
 
 
 def plan_steps(config: TrainConfig, groups: list[TrainingGroup]) -> tuple[GroupBatcher, int, int]:
@@ -226,10 +253,11 @@ class Trainer:
         self.module, optimizer = acc.prepare(module, optimizer)
 
         step = 0
-        if t.resume_from:
-            step = load_checkpoint(Path(t.resume_from), cfg, optimizer, scheduler, self.load_model, self.resume_keys)
-        elif acc.is_main_process:
-            (self.output_dir / LOG_FILE).unlink(missing_ok=True)
+        resume = Path(t.resume_from) if t.resume_from else latest_checkpoint(self.output_dir, cfg)
+        if resume is not None:
+            step = load_checkpoint(resume, cfg, optimizer, scheduler, self.load_model, self.resume_keys)
+        if acc.is_main_process:
+            _cut_log(self.output_dir / LOG_FILE, step)
 
         bar = self._progress_bar(total, step)
         start_time, start_cpu, loss = time.perf_counter(), time.process_time(), float("nan")
@@ -262,7 +290,7 @@ class Trainer:
         final = self._save(self.output_dir / "final", optimizer, scheduler, step)
         self.finish()
         acc.wait_for_everyone()
-        return TrainResult(final, step, loss, time.perf_counter() - start_time)
+        return TrainResult(final, step, loss, time.perf_counter() - start_time, resume)
 
     def sync_gradients(self, last: bool) -> contextlib.AbstractContextManager:
         """The context of a micro-batch's forward and backward: DDP all-reduces gradients only in the ``last``."""
