@@ -91,6 +91,26 @@ def test_documents_join_title_and_text(word_llama_dir):
     np.testing.assert_allclose(doc, encoder.encode_passages(["cancer gene study"]), atol=1e-6)
 
 
+def test_passage_segments_fit_the_passage_length_and_are_maxp_segments(tiny_dir):
+    from nestrank.models.maxp import split_document
+
+    encoder = _encoder(tiny_dir, passage_max_length=12)
+    doc = Document("d1", " ".join(["gene study of brain cells in patients ."] * 4), title="cancer risk")
+    segments = encoder.passage_segments(doc, stride=3)
+    overhead = len(encoder.tokenize(["passage: "], 100)[0])  # <s> passage : </s>
+    assert overhead == 4 and encoder.passage_tokens == 12
+    assert segments == split_document(doc, encoder.tokenizer, 12 - overhead, 3) and len(segments) > 5
+    assert all(s.id == "d1" and s.title == "cancer risk" for s in segments)
+    lengths = [len(ids) for ids in encoder.tokenize(["passage: " + s.full_text for s in segments], 1000)]
+    assert max(lengths) == 12  # every segment fills the passage exactly: none is cut by the encoder
+    short = Document("d2", "dna", title="gene")
+    assert encoder.passage_segments(short, 3) == [short]
+    with pytest.raises(ConfigError, match="passage_max_length=3 leaves no room"):
+        _encoder(tiny_dir, passage_max_length=3).passage_segments(doc, 2)
+    assert DenseEncoder.config_for(tiny_dir, passage_max_length=64).passage_max_length == 64  # no weights loaded
+    assert DenseEncoder.config_for("minilm-l6") == encoder_config("minilm")
+
+
 def _padded(lengths: list[int], width: int, left: bool) -> torch.Tensor:
     mask = torch.zeros(len(lengths), width, dtype=torch.long)
     for row, n in enumerate(lengths):

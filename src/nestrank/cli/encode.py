@@ -20,7 +20,17 @@ from nestrank.cli.common import (
     library_option,
     open_dataset,
 )
-from nestrank.retrieve.config import EMBEDDING_DTYPE, ENCODE_CHUNK_SIZE
+from nestrank.retrieve.config import DOC_MODES, EMBEDDING_DTYPE, ENCODE_CHUNK_SIZE
+
+# Long documents (also options of `nestrank index --method dense|hybrid`).
+DocModeOpt = Annotated[str | None, typer.Option("--doc-mode", help=f"Long documents: {' or '.join(DOC_MODES)} "
+                                                "(cut at the passage length; or overlapping segments, one vector "
+                                                "each, a document scoring as its best). Default: truncate.",
+                                                show_default=False)]
+StrideOpt = Annotated[int | None, typer.Option("--stride", min=1, help="maxp: tokens between segment starts (default: "
+                                               "half a passage).", show_default=False)]
+PassageTokensOpt = Annotated[int | None, typer.Option("--passage-tokens", min=1, help="Encoder passage length in tokens "
+                                                      "(default: the encoder's).", show_default=False)]
 
 
 @app.command("encode")
@@ -50,6 +60,9 @@ def encode_command(
                                                          "(default 1 when the cluster has GPUs).")] = None,
     device: Annotated[str | None, typer.Option("--device", help="Local engine: torch device (default: CUDA "
                                                "when available).")] = None,
+    doc_mode: DocModeOpt = None,
+    stride: StrideOpt = None,
+    passage_tokens: PassageTokensOpt = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
 ) -> None:
     """Encode a corpus into sharded embeddings, e.g. `nestrank encode -d scifact -m minilm-l6 -o scifact.emb`."""
@@ -60,14 +73,18 @@ def encode_command(
     check_output(out, directory=True)
     check_choice(engine, ENGINES, "--engine")
     check_choice(preset, list(ENCODER_PRESETS), "--preset")
+    check_choice(doc_mode, DOC_MODES, "--doc-mode")
     check_device(device)
     check_model(model)
     start = time.perf_counter()
     docs = open_dataset(dataset, corpus=corpus).corpus
     manifest = run_encoding(docs, out, model, preset=preset, shard_id=shard_id, num_shards=num_shards,
                             batch_tokens=batch_tokens, engine=engine, actors=actors, gpus_per_actor=gpus_per_actor,
-                            device=device, progress=progress, **given(dtype=dtype, chunk_size=chunk_size))
+                            device=device, progress=progress, doc_mode=doc_mode or "truncate", stride=stride,
+                            passage_tokens=passage_tokens, **given(dtype=dtype, chunk_size=chunk_size))
     done = len(manifest["shards"])
     state = "complete" if manifest["complete"] else f"{done}/{manifest['num_shards']} shards done"
-    typer.echo(f"encoded {manifest['num_docs']} documents ({state}, dim {manifest['dim']}, {manifest['dtype']}) "
+    rows = sum(entry.get("rows", entry["count"]) for entry in manifest["shards"].values())
+    segments = f", {rows} segments" if manifest.get("doc_mode") == "maxp" else ""
+    typer.echo(f"encoded {manifest['num_docs']} documents ({state}{segments}, dim {manifest['dim']}, {manifest['dtype']}) "
                f"in {time.perf_counter() - start:.1f}s -> {out}", err=True)

@@ -26,6 +26,7 @@ from nestrank.cli.common import (
     parse_weights,
     renamed,
 )
+from nestrank.cli.encode import DocModeOpt, PassageTokensOpt, StrideOpt
 from nestrank.retrieve.config import BM25_VARIANTS, FAISS_TYPES, FUSION_DEPTH, RRF_K, BM25Config, IndexConfig
 
 INDEX_METHODS = ("bm25", "dense", "hybrid")
@@ -81,8 +82,12 @@ def index_command(
     fusion_depth: Annotated[int | None, library_option("--fusion-depth", "hybrid: results per sub-index fused per "
                                                        "query.", FUSION_DEPTH, min=1)] = None,
     depth: Annotated[int | None, deprecated_option("--depth", "--fusion-depth")] = None,
+    doc_mode: DocModeOpt = None,
+    stride: StrideOpt = None,
+    passage_tokens: PassageTokensOpt = None,
 ) -> None:
     """Index a corpus (title + text), e.g. `nestrank index --dataset scifact --out scifact.bm25`."""
+    from nestrank.errors import ConfigError
     from nestrank.files import check_output
     from nestrank.retrieve.manifest import MANIFEST
 
@@ -94,6 +99,8 @@ def index_command(
         check_model(model)
         check_output(embeddings or out.with_name(out.name + ".emb"), directory=True, option="--embeddings")
     fusion_depth = renamed(fusion_depth, depth, "--fusion-depth", "--depth")
+    if method == "bm25" and (doc_mode, stride, passage_tokens) != (None, None, None):
+        raise ConfigError("--doc-mode, --stride and --passage-tokens apply to --method dense or hybrid")
     bm25 = given(k1=k1, b=b, method=variant)
     bm25.update({name: _none_or(value) for name, value in given(stemmer=stemmer, stopwords=stopwords).items()})
     start = time.perf_counter()
@@ -104,7 +111,8 @@ def index_command(
             method, out, lambda: open_dataset(dataset, corpus=corpus).corpus, embeddings=embeddings, model=model,
             preset=preset, config=IndexConfig(**given(index_type=index_type, hnsw_m=hnsw_m, ef_construction=ef_construction,
                                        ef_search=ef_search, nlist=nlist, nprobe=nprobe, pq_m=pq_m, pq_nbits=pq_nbits)),
-            bm25_params=bm25, progress=progress, **given(rrf_k=rrf_k, fusion_depth=fusion_depth))
+            bm25_params=bm25, doc_mode=doc_mode, stride=stride, passage_tokens=passage_tokens, progress=progress,
+            **given(rrf_k=rrf_k, fusion_depth=fusion_depth))
         _info(f"indexed {built.num_docs} documents ({method}) in {time.perf_counter() - start:.1f}s -> {out}")
         return
     from nestrank.retrieve.bm25 import BM25Index

@@ -17,6 +17,7 @@ Results come back in input order, one float32 row per text.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,12 +144,22 @@ class DenseEncoder:
         """
         from nestrank.models.backbone import load_backbone
 
-        trained = trained_encoder_settings(name_or_path)
-        preset = preset or trained.get("preset") or ("minilm" if str(name_or_path) == "minilm-l6" else "repllama")
-        config = encoder_config(preset, **{**trained.get("encoder", {}), **overrides})
+        config = cls.config_for(name_or_path, preset, **overrides)
         model, tokenizer = load_backbone(name_or_path, task="base", dtype=dtype, device=device,
                                          merge_lora=merge_lora, **(load_options or {}))
         return cls(model, tokenizer, config, batch_tokens=batch_tokens, show_progress=show_progress)
+
+    @staticmethod
+    def config_for(name_or_path: str | Path, preset: str | None = None, **overrides: Any) -> EncoderConfig:
+        """The :class:`EncoderConfig` :meth:`from_pretrained` would use, read without loading weights.
+
+        ``preset`` defaults to the checkpoint's recorded one (:func:`trained_encoder_settings`),
+        else ``minilm`` for the ``minilm-l6`` backbone and ``repllama`` otherwise; the
+        checkpoint's recorded settings apply, then ``overrides``.
+        """
+        trained = trained_encoder_settings(name_or_path)
+        preset = preset or trained.get("preset") or ("minilm" if str(name_or_path) == "minilm-l6" else "repllama")
+        return encoder_config(preset, **{**trained.get("encoder", {}), **overrides})
 
     @classmethod
     def from_preset(cls, preset: str, model: str | Path | tuple[PreTrainedModel, PreTrainedTokenizerBase] | None = None,
@@ -178,6 +189,31 @@ class DenseEncoder:
     def device(self) -> torch.device:
         """The device the model runs on."""
         return next(self.model.parameters()).device
+
+    @property
+    def passage_tokens(self) -> int:
+        """The passage length in tokens (``config.passage_max_length``: prefix, title, text and special tokens)."""
+        return self.config.passage_max_length
+
+    @functools.cached_property
+    def _passage_overhead(self) -> int:
+        """Tokens every passage spends on its prefix and special tokens (BOS/CLS, SEP, the appended EOS)."""
+        return len(self.tokenize([self.config.passage_prefix], 1 << 16)[0])
+
+    def passage_segments(self, document: Document, stride: int) -> list[Document]:
+        """``document`` as overlapping passages that each fit :attr:`passage_tokens`, ``stride`` tokens apart.
+
+        MaxP's segments (:func:`nestrank.models.maxp.split_document` on this encoder's tokenizer):
+        every segment repeats the title and keeps the document's id; a document that fits is
+        one segment, itself.
+        """
+        from nestrank.models.maxp import split_document
+
+        budget = self.passage_tokens - self._passage_overhead
+        if budget < 1:
+            raise ConfigError(f"passage_max_length={self.passage_tokens} leaves no room for text after the passage "
+                              f"prefix and special tokens ({self._passage_overhead} tokens); raise it")
+        return split_document(document, self.tokenizer, budget, stride)
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Encode query texts: ``(len(texts), dim)`` float32, in input order."""

@@ -15,8 +15,10 @@ A pipeline file has up to three sections; every key is optional::
     norm = "minmax"              # hybrid linear: minmax | zscore
     fusion_depth = 1000          # hybrid: results per sub-index fused per query
     k = 100                      # candidates kept per query
-    doc_mode = "truncate"        # dense encoding of long documents: truncate | maxp
-    stride = 128                 # maxp: tokens between segment starts (default: half a segment)
+    doc_mode = "truncate"        # dense/hybrid, long documents: truncate | maxp (a vector per segment,
+                                 # a document scores as its best); must match the index's
+    stride = 64                  # maxp: tokens between segment starts (default: half a passage)
+    passage_tokens = 128         # encoder passage length when building the index (default: the encoder's)
 
     [reranker]
     model = "smollm2-135m-scifact"  # preset, checkpoint directory (none: no reranking)
@@ -76,6 +78,7 @@ class FirstStageSection:
     k: int = 100
     doc_mode: str = "truncate"
     stride: int | None = None
+    passage_tokens: int | None = None
 
     def validate(self, where: str) -> None:
         """Raise :class:`ConfigError` naming ``where`` and the key on a bad value."""
@@ -88,8 +91,12 @@ class FirstStageSection:
                               f"from `nestrank index --method {self.method}`, or one to build with first_stage.encoder)")
         _positive(self.k, "first_stage.k", where)
         _positive(self.fusion_depth, "first_stage.fusion_depth", where)
-        if self.stride is not None:
-            _positive(self.stride, "first_stage.stride", where)
+        for key in ("stride", "passage_tokens"):
+            if getattr(self, key) is not None:
+                _positive(getattr(self, key), f"first_stage.{key}", where)
+        if self.stride is not None and self.doc_mode != "maxp":
+            raise ConfigError(f"{where}: first_stage.stride applies to doc_mode = \"maxp\" only (fix: set doc_mode "
+                              "= \"maxp\" or drop stride)")
         if not self.rrf_k >= 0:
             raise ConfigError(f"{where}: first_stage.rrf_k must be >= 0, got {self.rrf_k}")
         if self.weights is not None and (len(self.weights) != 2 or any(w < 0 for w in self.weights)):

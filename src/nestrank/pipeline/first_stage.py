@@ -3,7 +3,9 @@
 :meth:`FirstStage.open` loads the index named by ``first_stage.index``; when the directory
 does not exist yet it is built there from the corpus (BM25 in about a second; dense and
 hybrid indexes encode the corpus first into ``INDEX.emb``, kept so a re-run resumes), so the
-first run of a pipeline builds its index and later runs reuse it. A hybrid index also serves
+first run of a pipeline builds its index and later runs reuse it. ``doc_mode``, ``stride`` and
+``passage_tokens`` say how the dense part encodes long documents: they are used to build the
+index, and an existing index encoded otherwise is refused. A hybrid index also serves
 ``method = "bm25"`` or ``"dense"`` (its sub-indexes), and the pipeline fuses the two runs
 itself, with the file's fusion method, weights and depth.
 """
@@ -64,6 +66,8 @@ class FirstStage:
             _build(section, path, corpus, progress)
         index = open_index(path)
         built = _method_of(index)
+        if method != "bm25":
+            _check_segmentation(section, path, index)
         encoder = _encoder(section)
         if built == method:
             parts = {"bm25": {"bm25": index}, "dense": {"dense": index},
@@ -98,6 +102,16 @@ def _method_of(index: Any) -> str:
     return "dense" if isinstance(index, DenseIndex) else "hybrid"
 
 
+def _check_segmentation(section: FirstStageSection, path: Path, index: Any) -> None:
+    """Refuse a dense part encoded with another doc_mode (or the section's stride / passage_tokens)."""
+    from nestrank.retrieve.build import check_segmentation
+
+    dense = getattr(index, "dense", index)
+    if hasattr(dense, "segmentation"):
+        check_segmentation(dense.segmentation, f"first_stage.index {path}", doc_mode=section.doc_mode,
+                           stride=section.stride, passage_tokens=section.passage_tokens)
+
+
 def _encoder(section: FirstStageSection) -> Any:
     if section.encoder is None or section.method == "bm25":
         return None  # the dense index loads the encoder its embeddings record
@@ -116,4 +130,5 @@ def _build(section: FirstStageSection, path: Path, corpus: Corpus, progress: boo
     if section.encoder is None:
         raise ConfigError(f"first_stage.index {path} does not exist: set first_stage.encoder (e.g. minilm-l6) to "
                           "encode the corpus, or build the index with `nestrank index`")
-    build_vector_index(section.method, path, corpus, model=section.encoder, progress=progress)
+    build_vector_index(section.method, path, corpus, model=section.encoder, doc_mode=section.doc_mode,
+                       stride=section.stride, passage_tokens=section.passage_tokens, progress=progress)

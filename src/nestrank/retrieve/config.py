@@ -19,6 +19,8 @@ FUSION_DEPTH = 1000
 #: How stored embeddings are typed, and how many documents are encoded per step.
 EMBEDDING_DTYPE = "float16"
 ENCODE_CHUNK_SIZE = 8192
+#: How the dense first stage encodes long documents: cut at the passage length, or overlapping segments.
+DOC_MODES = ("truncate", "maxp")
 BM25_VARIANTS = ("lucene", "robertson", "atire", "bm25l", "bm25+")
 FAISS_TYPES = ("flat", "hnsw", "ivf", "ivfpq")
 

@@ -7,12 +7,19 @@ so :meth:`DenseIndex.search` can encode queries the same way. Search visits the 
 one at a time (load, search, merge into a running top-k, free), so a corpus never has to
 fit in memory at once; an index of one shard stays loaded between calls.
 
+Embeddings encoded with ``doc_mode = "maxp"`` hold one vector per segment of a document, each
+carrying the document's id. Search then returns documents scored by their best segment: it
+fetches more segments than ``k``, keeps each document's best, and fetches more (doubling)
+until it has ``k`` distinct documents or has fetched every segment. For a flat index this is
+exact: a document missing from the fetched segments scores below every one found.
+
 Scores are inner products (for L2-normalised vectors, cosine similarities), the papers'
 choice: flat search is exact; HNSW and IVF(-PQ) trade recall for speed.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -24,7 +31,7 @@ import numpy as np
 from nestrank.data import Corpus, Run
 from nestrank.errors import ConfigError, DataFormatError
 from nestrank.retrieve.config import FUSION_DEPTH, RRF_K, IndexConfig
-from nestrank.retrieve.embeddings import Embeddings, ids_fingerprint
+from nestrank.retrieve.embeddings import DOC_FIELDS, Embeddings, ids_fingerprint
 from nestrank.retrieve.encode import PassageEncoder
 from nestrank.retrieve.index import staged_index_dir
 from nestrank.retrieve.manifest import MANIFEST, read_manifest, write_manifest
@@ -90,6 +97,7 @@ class DenseIndex:
         self.config = IndexConfig(**params["faiss"])
         self.dim = int(params["dim"])
         self.shards: list[dict[str, Any]] = params["shards"]
+        self.num_vectors = int(params.get("num_vectors", manifest["num_docs"]))
         self._encoder: PassageEncoder | None = None
         self._cached: tuple[Any, np.ndarray] | None = None
 
@@ -99,18 +107,35 @@ class DenseIndex:
         return int(self.manifest["num_docs"])
 
     @property
+    def segmentation(self) -> dict[str, Any]:
+        """``{"doc_mode", "stride", "passage_tokens"}`` of the embeddings (see :func:`~nestrank.retrieve.embeddings.doc_fields`)."""
+        params = self.manifest["params"]
+        return {field: params.get(field, default) for field, default in DOC_FIELDS.items()}
+
+    @property
+    def doc_mode(self) -> str:
+        """``truncate`` (a vector per document) or ``maxp`` (a vector per segment; a document scores as its best)."""
+        return str(self.segmentation["doc_mode"])
+
+    @property
     def encoder_spec(self) -> dict[str, Any]:
         """``{"model", "preset", "normalized"}`` of the encoder that made the vectors."""
         return dict(self.manifest["params"]["encoder"])
 
     def __repr__(self) -> str:
-        return f"DenseIndex({self.num_docs} documents, {len(self.shards)} shards, {self.config.index_type}, dim {self.dim})"
+        segments = f" as {self.num_vectors} maxp segments" if self.doc_mode == "maxp" else ""
+        return (f"DenseIndex({self.num_docs} documents{segments}, {len(self.shards)} shards, {self.config.index_type}, "
+                f"dim {self.dim})")
 
     # -- building -----------------------------------------------------------------------
     @classmethod
     def build(cls, embeddings: Embeddings | str | Path, out: str | Path, config: IndexConfig | None = None,
               *, progress: bool = False) -> DenseIndex:
-        """Build one FAISS index per embedding shard into directory ``out`` (atomically); returns it loaded."""
+        """Build one FAISS index per embedding shard into directory ``out`` (atomically); returns it loaded.
+
+        A vector per embedding row: per document, or per segment for ``maxp`` embeddings (whose
+        doc_mode, stride and passage length the index records, and search follows).
+        """
         from tqdm.auto import tqdm
 
         faiss = _faiss()
@@ -134,6 +159,8 @@ class DenseIndex:
                 "encoder": {"model": manifest.get("model"), "preset": manifest.get("preset"),
                             "normalized": manifest.get("normalized")},
                 "embeddings_dtype": manifest["dtype"],
+                **embeddings.segmentation,
+                "num_vectors": sum(shard["count"] for shard in shards),
                 "shards": shards,
             }
             write_manifest(staging, METHOD, embeddings.num_docs, params)
@@ -154,8 +181,8 @@ class DenseIndex:
                 if not (path / shard[key]).is_file():
                     raise DataFormatError(path / shard[key], None, f"dense index shard {shard['name']} is missing",
                                           "rebuild the index with `nestrank index --method dense`")
-        if sum(s["count"] for s in index.shards) != index.num_docs:
-            raise DataFormatError(path / MANIFEST, None, "shard counts do not add up to num_docs", "rebuild the index")
+        if sum(s["count"] for s in index.shards) != index.num_vectors:
+            raise DataFormatError(path / MANIFEST, None, "shard counts do not add up to num_vectors", "rebuild the index")
         return index
 
     def _load_shard(self, shard: dict[str, Any]) -> tuple[Any, np.ndarray]:
@@ -179,8 +206,10 @@ class DenseIndex:
 
         Returns ``(scores, doc_ids)``: ``scores`` is ``(n_queries, min(k, num_docs))``, best
         first, padded with ``-inf`` where an approximate index found fewer results;
-        ``doc_ids[i]`` lists the ids of row ``i``'s finite scores. ``ef_search``/``nprobe``
-        override the built settings; ``threads > 0`` sets FAISS's OpenMP threads (0: its default).
+        ``doc_ids[i]`` lists the ids of row ``i``'s finite scores. A ``maxp`` index returns
+        ``k`` distinct documents, each scored by its best segment (see the module docstring).
+        ``ef_search``/``nprobe`` override the built settings; ``threads > 0`` sets FAISS's
+        OpenMP threads (0: its default).
         """
         if threads > 0:
             _faiss().omp_set_num_threads(threads)
@@ -196,6 +225,14 @@ class DenseIndex:
                                 **({"nprobe": nprobe} if nprobe else {})})
         queries = np.ascontiguousarray(queries)
         k = min(k, self.num_docs)
+        top = self._top_rows if self.doc_mode == "truncate" else self._top_documents
+        best_scores, best_ids = top(queries, k, config)
+        doc_ids = [[d for d, s in zip(row_ids, row_scores, strict=True) if np.isfinite(s)]
+                   for row_ids, row_scores in zip(best_ids, best_scores, strict=True)]
+        return best_scores, doc_ids
+
+    def _top_rows(self, queries: np.ndarray, k: int, config: IndexConfig) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best vectors of each query over all shards: scores and ids, best first, padded -inf/None."""
         best_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
         best_ids = np.full((len(queries), k), None, dtype=object)
         for shard in self.shards:
@@ -213,9 +250,27 @@ class DenseIndex:
             best_scores = np.take_along_axis(merged_scores, order, axis=1)
             best_ids = np.take_along_axis(merged_ids, order, axis=1)
             del index, ids
-        doc_ids = [[d for d, s in zip(row_ids, row_scores, strict=True) if np.isfinite(s)]
-                   for row_ids, row_scores in zip(best_ids, best_scores, strict=True)]
-        return best_scores, doc_ids
+        return best_scores, best_ids
+
+    def _top_documents(self, queries: np.ndarray, k: int, config: IndexConfig) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best documents of each query by their best vector (over-fetch, collapse, fetch more)."""
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), None, dtype=object)
+        fetch = min(self.num_vectors, max(2 * k, math.ceil(k * self.num_vectors / max(1, self.num_docs))))
+        pending = np.arange(len(queries))
+        while len(pending):
+            row_scores, row_ids = self._top_rows(queries[pending], fetch, config)
+            unfinished = []
+            for position, query in enumerate(pending):
+                best = _best_per_document(row_scores[position], row_ids[position], k)
+                if len(best) < k and fetch < self.num_vectors:
+                    unfinished.append(query)
+                    continue
+                scores[query, :len(best)] = list(best.values())
+                ids[query, :len(best)] = list(best)
+            pending = np.asarray(unfinished, dtype=np.int64)
+            fetch = min(self.num_vectors, 2 * fetch)
+        return scores, ids
 
     def encoder(self) -> PassageEncoder:
         """The query encoder recorded in the manifest (loaded once, then kept)."""
@@ -312,6 +367,16 @@ class HybridIndex:
         runs = [self.bm25.search(queries, fusion_depth, threads=threads),
                 self.dense.search(queries, fusion_depth, encoder=encoder, threads=threads)]
         return reciprocal_rank_fusion(runs, rrf_k=params["rrf_k"], k=k)
+
+
+def _best_per_document(scores: np.ndarray, ids: np.ndarray, k: int) -> dict[str, float]:
+    """The first ``k`` distinct ids of rows sorted best first, with their (best) score."""
+    best: dict[str, float] = {}
+    for doc_id, score in zip(ids, scores, strict=True):
+        if not np.isfinite(score) or len(best) == k:
+            break
+        best.setdefault(doc_id, float(score))
+    return best
 
 
 def exact_top_k(query_vectors: np.ndarray, doc_vectors: np.ndarray, doc_ids: Sequence[str],

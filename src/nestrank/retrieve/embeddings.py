@@ -2,9 +2,12 @@
 
 The corpus (in its id order) is cut into ``num_shards`` contiguous ranges. Each shard is
 written as ``shard-XXXXX.npy`` (float16 or float32 rows, in the shard's id order) and
-``shard-XXXXX.ids.txt`` (one document id per line), both to temporary files renamed into
-place (by :func:`nestrank.retrieve.encode.encode_shard`). The shard is then recorded in
-``manifest.json`` (model, preset, dim, dtype, shard counts and SHA-256 checksums),
+``shard-XXXXX.ids.txt`` (the document id of each row, one per line), both to temporary files
+renamed into place (by :func:`nestrank.retrieve.encode.encode_shard`). With ``doc_mode =
+"truncate"`` a row is a document cut at the encoder's passage length; with ``"maxp"`` a row is
+one of a document's overlapping segments (``stride`` tokens apart), so a document has as many
+rows as segments, all carrying its id. The shard is then recorded in ``manifest.json`` (model,
+preset, dim, dtype, doc_mode, stride, passage_tokens, shard counts and SHA-256 checksums),
 rewritten atomically under a file lock, so separate processes (``--shard-id i
 --num-shards n`` on machines sharing a file system) can fill one directory. A shard counts
 as done only when the manifest lists it and its files match the recorded count and
@@ -27,11 +30,14 @@ import numpy as np
 from nestrank.data.corpus import Corpus
 from nestrank.errors import ConfigError, DataFormatError
 from nestrank.files import atomic_write
+from nestrank.retrieve.config import DOC_MODES
 from nestrank.retrieve.manifest import EMBEDDINGS_FORMAT, EMBEDDINGS_KIND, MANIFEST, has_manifest, read_manifest
 
 DTYPES = ("float16", "float32")
 #: Manifest fields that must agree between runs writing into one output directory.
 IDENTITY_FIELDS = ("model", "preset", "dtype", "num_docs", "num_shards", "ids_sha256")
+#: How documents became rows, and the value a manifest written before these fields existed had.
+DOC_FIELDS: dict[str, Any] = {"doc_mode": "truncate", "passage_tokens": None, "stride": None}
 
 
 @dataclass(frozen=True)
@@ -99,19 +105,41 @@ def _locked(out_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _check_identity(out_dir: Path, manifest: dict[str, Any], header: dict[str, Any]) -> None:
+def identity_mismatch(recorded: dict[str, Any], header: dict[str, Any]) -> tuple[str, Any, Any] | None:
+    """The first identity field on which a run's ``header`` contradicts ``recorded`` (a manifest or a
+    shard's header): ``(field, recorded value, header value)``, or ``None`` when they agree.
+
+    A field the header leaves ``None`` is not known yet and agrees with anything. The document
+    fields (:data:`DOC_FIELDS`) are compared even when ``recorded`` lacks them (an older manifest:
+    whole documents, passage length not recorded), so shards of one segmentation are never
+    reused for another.
+    """
     for field in IDENTITY_FIELDS + ("dim", "normalized"):
-        if field in header and field in manifest and header[field] is not None and manifest[field] != header[field]:
-            raise ConfigError(
-                f"{out_dir / MANIFEST}: holds embeddings with {field}={manifest[field]!r}, this run has "
-                f"{field}={header[field]!r}; write to a new --out directory or delete the old one")
+        if header.get(field) is not None and field in recorded and recorded[field] != header[field]:
+            return field, recorded[field], header[field]
+    for field, default in DOC_FIELDS.items():
+        had, has = recorded.get(field, default), header.get(field, default)
+        if (has is not None or field != "passage_tokens") and had != has:
+            return field, had, has
+    return None
+
+
+def _check_identity(out_dir: Path, manifest: dict[str, Any], header: dict[str, Any]) -> None:
+    mismatch = identity_mismatch(manifest, header)
+    if mismatch is not None:
+        field, had, has = mismatch
+        note = " (not recorded: encoded before nestrank recorded it)" if had is None and field not in manifest else ""
+        raise ConfigError(
+            f"{out_dir / MANIFEST}: holds embeddings with {field}={had!r}{note}, this run has {field}={has!r}; "
+            "write to a new --out directory or delete the old one")
 
 
 def commit_shards(out_dir: str | Path, header: dict[str, Any], entries: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Record finished shards in the manifest (atomically, under a lock); returns the new manifest.
 
-    ``header`` holds the run's identity (model, preset, dtype, dim, normalized, num_docs,
-    num_shards, ids_sha256); an existing manifest with another identity is a :class:`ConfigError`.
+    ``header`` holds the run's identity (model, preset, dtype, dim, normalized, doc_mode, stride,
+    passage_tokens, num_docs, num_shards, ids_sha256); an existing manifest with another identity
+    is a :class:`ConfigError`.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -155,11 +183,37 @@ def check_dtype(dtype: str) -> np.dtype:
     return np.dtype(dtype)
 
 
+def doc_fields(doc_mode: str = "truncate", stride: int | None = None, passage_tokens: int | None = None
+               ) -> dict[str, Any]:
+    """How documents become rows, checked: ``{"doc_mode", "stride", "passage_tokens"}``.
+
+    ``doc_mode`` is ``truncate`` (one row per document, cut at the encoder's passage length) or
+    ``maxp`` (one row per overlapping segment of ``passage_tokens`` tokens, ``stride`` tokens
+    apart; default stride: half a passage). ``passage_tokens`` is the encoder's passage length
+    (``None``: not known before the encoder is loaded).
+    """
+    if doc_mode not in DOC_MODES:
+        raise ConfigError(f"doc_mode must be one of {', '.join(DOC_MODES)}, got {doc_mode!r}")
+    for name, value in (("stride", stride), ("passage_tokens", passage_tokens)):
+        if value is not None and value < 1:
+            raise ConfigError(f"{name} must be >= 1, got {value}")
+    if doc_mode == "truncate" and stride is not None:
+        raise ConfigError(f"stride={stride} applies to doc_mode='maxp' only (truncate encodes one passage per "
+                          "document); drop it or use doc_mode='maxp'")
+    if doc_mode == "maxp" and stride is None:
+        if passage_tokens is None:
+            raise ConfigError("doc_mode='maxp' needs a stride when the encoder's passage length is not known")
+        stride = max(1, passage_tokens // 2)
+    return {"doc_mode": doc_mode, "stride": stride, "passage_tokens": passage_tokens}
+
+
 def run_header(corpus: Corpus, *, num_shards: int, dtype: str, model: str | None, preset: str | None,
-               dim: int | None = None, normalized: bool | None = None) -> dict[str, Any]:
-    """The identity fields of an encoding run, as stored in the manifest."""
+               dim: int | None = None, normalized: bool | None = None, doc_mode: str = "truncate",
+               stride: int | None = None, passage_tokens: int | None = None) -> dict[str, Any]:
+    """The identity fields of an encoding run, as stored in the manifest (see :func:`doc_fields`)."""
     check_dtype(dtype)
     return {"model": model, "preset": preset, "dim": dim, "dtype": dtype, "normalized": normalized,
+            **doc_fields(doc_mode, stride, passage_tokens),
             "num_docs": len(corpus), "num_shards": num_shards, "ids_sha256": ids_fingerprint(corpus.ids)}
 
 
@@ -173,8 +227,7 @@ def _adopt(out_dir: Path, header: dict[str, Any], spec: ShardSpec) -> bool:
         shard_header, entry = record["header"], record["entry"]
     except (json.JSONDecodeError, KeyError, TypeError):
         return False
-    same = all(header.get(f) is None or shard_header.get(f) == header[f] for f in IDENTITY_FIELDS + ("dim", "normalized"))
-    if not same or not shard_is_done(out_dir, {"shards": {spec.name: entry}}, spec):
+    if identity_mismatch(shard_header, header) is not None or not shard_is_done(out_dir, {"shards": {spec.name: entry}}, spec):
         return False
     commit_shards(out_dir, shard_header, [entry])
     return True
@@ -204,7 +257,11 @@ def pending_shards(corpus: Corpus, out_dir: str | Path, header: dict[str, Any],
 
 # -- reading ------------------------------------------------------------------------------
 class Embeddings:
-    """A complete set of encoded shards, read shard by shard (memory-mapped)."""
+    """A complete set of encoded shards, read shard by shard (memory-mapped).
+
+    Rows are documents (``doc_mode`` ``truncate``) or documents' segments (``maxp``): the ids
+    of a shard name each row's document, so a document may appear on several rows.
+    """
 
     def __init__(self, out_dir: str | Path) -> None:
         self.dir = Path(out_dir)
@@ -229,13 +286,29 @@ class Embeddings:
         return int(self.manifest["num_docs"])
 
     @property
+    def num_vectors(self) -> int:
+        """Total number of rows (one per document, or one per segment with ``doc_mode = "maxp"``)."""
+        return sum(self.rows(name) for name in self.shard_names)
+
+    @property
+    def segmentation(self) -> dict[str, Any]:
+        """``{"doc_mode", "stride", "passage_tokens"}``: how documents became rows (see :func:`doc_fields`)."""
+        return {field: self.manifest.get(field, default) for field, default in DOC_FIELDS.items()}
+
+    def rows(self, name: str) -> int:
+        """Number of rows of shard ``name``."""
+        entry = self.manifest["shards"][name]
+        return int(entry.get("rows", entry["count"]))
+
+    @property
     def shard_names(self) -> list[str]:
         """Shard names in shard-id order."""
         return [s.name for s in shard_ranges(self.num_docs, int(self.manifest["num_shards"]))]
 
     def shard(self, name: str) -> tuple[list[str], np.ndarray]:
-        """``(doc_ids, vectors)`` of one shard; vectors are a read-only memory map."""
+        """``(row_ids, vectors)`` of one shard (the document id of each row); vectors are a read-only memory map."""
         entry = self.manifest["shards"][name]
+        rows = self.rows(name)
         vec_path, ids_path = self.dir / entry["file"], self.dir / entry["ids"]
         for path in (vec_path, ids_path):
             if not path.is_file():
@@ -243,9 +316,9 @@ class Embeddings:
                                       f"re-run `nestrank encode --out {self.dir}` to rebuild it")
         vectors = np.load(vec_path, mmap_mode="r", allow_pickle=False)
         ids = ids_path.read_text(encoding="utf-8").splitlines()
-        if vectors.shape != (entry["count"], self.dim) or len(ids) != entry["count"]:
+        if vectors.shape != (rows, self.dim) or len(ids) != rows:
             raise DataFormatError(vec_path, None, f"shard has {vectors.shape} vectors and {len(ids)} ids, the "
-                                  f"manifest says ({entry['count']}, {self.dim})",
+                                  f"manifest says ({rows}, {self.dim})",
                                   f"delete the shard's files and re-run `nestrank encode --out {self.dir}`")
         return ids, vectors
 
@@ -254,7 +327,7 @@ class Embeddings:
             yield self.shard(name)
 
     def load_all(self) -> tuple[list[str], np.ndarray]:
-        """All ids and vectors (float32) concatenated in corpus order; for small corpora and tests."""
+        """All row ids and vectors (float32) concatenated in corpus order; for small corpora and tests."""
         ids: list[str] = []
         parts = []
         for shard_ids, vectors in self:
