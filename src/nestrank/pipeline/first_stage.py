@@ -79,18 +79,21 @@ class FirstStage:
         raise ConfigError(f"first_stage.index {path} is a {built} index, but first_stage.method is {method!r} "
                           f"(fix: set method = {built!r}, or point index to {wanted})")
 
-    def search(self, queries: Mapping[str, str]) -> Run:
-        """The top ``section.k`` candidates of every query (``{query_id: text}``)."""
+    def search(self, queries: Mapping[str, str], k: int | None = None) -> Run:
+        """The top ``k`` (default ``section.k``) candidates of every query (``{query_id: text}``)."""
         from nestrank.retrieve.fusion import fuse
 
         s = self.section
+        k = s.k if k is None else k
+        if k < 1:
+            raise ConfigError(f"k must be at least 1, got {k}")
         if s.method == "bm25":
-            return self.bm25.search(queries, s.k)
+            return self.bm25.search(queries, k)
         if s.method == "dense":
-            return self.dense.search(queries, s.k, encoder=self.encoder)
-        depth = max(s.k, s.fusion_depth)
+            return self.dense.search(queries, k, encoder=self.encoder)
+        depth = max(k, s.fusion_depth)
         runs = [self.bm25.search(queries, depth), self.dense.search(queries, depth, encoder=self.encoder)]
-        return fuse(runs, s.fusion, s.weights, rrf_k=s.rrf_k, norm=s.norm, k=s.k)  # type: ignore[arg-type]
+        return fuse(runs, s.fusion, s.weights, rrf_k=s.rrf_k, norm=s.norm, k=k)  # type: ignore[arg-type]
 
 
 def _method_of(index: Any) -> str:

@@ -1,13 +1,12 @@
 """``POST /search``: the served index's first stage, the reranker over its top candidates, optional fusion.
 
-:class:`SearchPipeline` holds the index (:func:`nestrank.retrieve.open_index`) and the corpus;
+:class:`SearchPipeline` holds the pipeline's first stage (:class:`nestrank.pipeline.FirstStage`
+over the served index, with the fusion settings a hybrid index recorded) and the corpus;
 :meth:`SearchPipeline.search` retrieves ``max(k, rerank_depth)`` candidates, reranks the top
 ``rerank_depth`` through the reranker's scheduler (so search traffic is batched with rerank
 traffic and pays the same per-request cost), optionally interpolates the reranker's score with
-the first stage's (:func:`nestrank.retrieve.fusion.linear_fusion` over min-max normalised
-scores, ``weight`` on the reranker: the request's, else the profile's), and keeps the
-first-stage order below the reranked candidates. The whole pipeline is one method, so a
-pipeline module can replace it later without touching the route.
+the first stage's (:func:`nestrank.pipeline.interpolate`, ``weight`` on the reranker: the
+request's, else the profile's), and keeps the first-stage order below the reranked candidates.
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ QID = "q"
 class SearchPipeline:
     """A loaded first stage (index + corpus) and the name of the reranker that reranks it (optional)."""
 
-    index: Any
+    first: Any  # a nestrank.pipeline.FirstStage
     corpus: Corpus
     reranker: str | None
     rerank_depth: int
@@ -39,19 +38,25 @@ class SearchPipeline:
 
     @classmethod
     def open(cls, index: str, corpus: str, reranker: str | None, rerank_depth: int) -> SearchPipeline:
-        """Load the index directory and the corpus it was built from."""
-        from nestrank.retrieve import open_index, read_manifest
+        """Load the index directory (as a pipeline first stage) and the corpus it was built from."""
+        from nestrank.pipeline import FirstStage, FirstStageSection
+        from nestrank.retrieve import read_manifest
         from nestrank.serve.state import corpus_path
 
-        return cls(open_index(index), Corpus.open(corpus_path(corpus)), reranker, rerank_depth,
-                   str(read_manifest(index)["method"]))
+        manifest = read_manifest(index)
+        method, params = str(manifest["method"]), manifest.get("params", {})
+        section = FirstStageSection(method=method, index=index)
+        if method == "hybrid":  # the fusion the index recorded
+            section.rrf_k, section.fusion_depth = float(params["rrf_k"]), int(params["depth"])
+        docs = Corpus.open(corpus_path(corpus))
+        return cls(FirstStage.open(section, docs), docs, reranker, rerank_depth, method)
 
     async def search(self, request: Request, body: SearchRequest) -> SearchResponse:
         """First stage, rerank, fuse; see the module docstring."""
         state = request.app.state.nestrank
         model = body.model or self.reranker
         depth = 0 if model is None else (self.rerank_depth if body.rerank_depth is None else body.rerank_depth)
-        first = await run_in_threadpool(self.index.search, {QID: body.query}, max(body.k, depth))
+        first = await run_in_threadpool(self.first.search, {QID: body.query}, max(body.k, depth))
         candidates = first.get(QID, [])
         meta: dict[str, Any] = {"first_stage": self.method, "rerank_depth": 0, "warnings": []}
         rerank_scores: dict[str, float] = {}
@@ -84,12 +89,12 @@ class SearchPipeline:
 
 
 def _combine(first: Run, head: list[tuple[str, float]], rerank_scores: dict[str, float], weight: float | None) -> Run:
-    """The reranked head (fused with the first stage when ``weight`` is set), then the first-stage tail."""
-    from nestrank.retrieve.fusion import linear_fusion
+    """The reranked head (interpolated with the first stage when ``weight`` is set), then the first-stage tail."""
+    from nestrank.pipeline import interpolate
 
     reranked = Run({QID: list(rerank_scores.items())})
     if weight is not None:
-        reranked = linear_fusion([Run({QID: head}), reranked], weights=[1 - weight, weight])
+        return interpolate(first, reranked, weight, len(head))
     ordered = reranked[QID]
     floor = min(score for _, score in ordered)
     tail = [(doc, floor - rank) for rank, (doc, _) in enumerate(first[QID][len(head):], 1)]
