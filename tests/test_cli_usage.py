@@ -204,7 +204,8 @@ def test_an_unreachable_hub_id_fails_in_seconds_with_the_fix(tmp_path):
 def test_a_cached_hub_id_loads_offline_when_the_hub_is_unreachable(tmp_path, monkeypatch):
     from huggingface_hub import constants
 
-    from nestrank.models.availability import check_hub_access, check_model_name
+    from nestrank.models.availability import check_hub_access
+    from nestrank.models.backbone import check_model_name
 
     monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))

@@ -298,9 +298,9 @@ def check_reranker_config(name_or_path: str | Path, config: Any, *, kind: Kind =
 
         check_no_config(config)
         return
-    from nestrank.models.backbone import local_path
     from nestrank.models.matryoshka.checkpoint import layer_count
     from nestrank.models.matryoshka.profiles import check_config
+    from nestrank.models.presets import local_path
 
     path = local_path(name_or_path)
     check_config(config, path if path.is_dir() else None, layer_count(path))

@@ -117,9 +117,9 @@ def check_device(device: str | None, option: str = "--device") -> None:
 
 
 def check_model(name: str | Path | None, option: str = "--model") -> None:
-    """Fail before any work on a model that cannot load here (:func:`nestrank.models.availability.check_model_name`)."""
+    """Fail before any work on a model that cannot load here (:func:`nestrank.models.backbone.check_model_name`)."""
     from nestrank.errors import ConfigError
-    from nestrank.models.availability import check_model_name
+    from nestrank.models.backbone import check_model_name
 
     if name is None:
         return

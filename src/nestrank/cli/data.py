@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from nestrank.cli import app
+from nestrank.cli.app import app
 
 data_app = typer.Typer(help="Convert data files between formats; download BEIR datasets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

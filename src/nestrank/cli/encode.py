@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from nestrank.cli import app
+from nestrank.cli.app import app
 from nestrank.cli.common import (
     CorpusOpt,
     DatasetOpt,

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from nestrank.cli import app
+from nestrank.cli.app import app
 from nestrank.cli.common import (
     CorpusOpt,
     DatasetOpt,

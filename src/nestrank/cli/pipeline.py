@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from nestrank.cli import app
+from nestrank.cli.app import app
 from nestrank.cli.common import CorpusOpt, DatasetOpt, QueriesOpt, SplitOpt, check_device, check_model, open_dataset
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ from typing import Annotated, get_args
 
 import typer
 
-from nestrank.cli import app
+from nestrank.cli.app import app
 from nestrank.cli.common import (
     CorpusOpt,
     DatasetOpt,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from nestrank.cli import app
+from nestrank.cli.app import app
 
 
 @app.command("serve")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from nestrank.cli import app
+from nestrank.cli.app import app
 from nestrank.cli.common import check_model
 
 if TYPE_CHECKING:

@@ -17,12 +17,12 @@ from __future__ import annotations
 import json
 from array import array
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
+from nestrank.data.document import Document
 from nestrank.data.lines import decode_line, one_line, parse_json_object
 from nestrank.errors import DataFormatError, UnknownIdError
 from nestrank.files import atomic_write
@@ -33,20 +33,6 @@ OnEmpty = Literal["error", "skip"]
 CORPUS_FORMATS = ("jsonl", "tsv")
 #: What a corpus can be read from: the written formats and TREC SGML collections.
 READ_FORMATS = (*CORPUS_FORMATS, "trec")
-
-
-@dataclass(frozen=True, slots=True)
-class Document:
-    """One document: an id, an optional title and the body text."""
-
-    id: str
-    text: str
-    title: str = ""
-
-    @property
-    def full_text(self) -> str:
-        """``title text`` joined by a space (the title is left out when empty)."""
-        return f"{self.title} {self.text}".strip() if self.title else self.text
 
 
 def detect_format(path: Path) -> str:

@@ -31,7 +31,7 @@ import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from nestrank.data.corpus import Document
+from nestrank.data.document import Document
 from nestrank.errors import ConfigError, DataFormatError
 
 __all__ = ["TOPIC_FIELDS", "is_trec_sgml", "iter_trec_documents", "read_trec_topics", "trec_files"]

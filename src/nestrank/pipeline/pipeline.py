@@ -28,22 +28,11 @@ from nestrank.errors import ConfigError
 from nestrank.pipeline.config import PipelineConfig, load_pipeline_config
 from nestrank.pipeline.first_stage import FirstStage
 from nestrank.pipeline.rerank_stage import RerankStage
+from nestrank.pipeline.stats import StageStats
 
 __all__ = ["META_SUFFIX", "Hit", "Pipeline", "PipelineResult", "StageStats", "meta_path", "read_meta"]
 
 META_SUFFIX = ".meta.json"
-
-
-@dataclass
-class StageStats:
-    """What one stage did: wall time, queries, pairs scored and (reranker) FLOPs relative to the full model."""
-
-    name: str
-    seconds: float
-    queries: int
-    pairs: int = 0
-    flops_ratio: float | None = None
-    details: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -18,7 +18,8 @@ from typing import Any
 from nestrank.data import Run
 from nestrank.errors import ConfigError
 from nestrank.pipeline.config import PipelineConfig
-from nestrank.pipeline.pipeline import PipelineResult, StageStats
+from nestrank.pipeline.pipeline import PipelineResult
+from nestrank.pipeline.stats import StageStats
 
 __all__ = ["search_ray"]
 

@@ -11,15 +11,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from nestrank.data import Corpus, Run
 from nestrank.errors import ConfigError
 from nestrank.pipeline.config import RerankerSection
+from nestrank.pipeline.stats import StageStats
 from nestrank.rerank import DEFAULT_RERANK_DEPTH
-
-if TYPE_CHECKING:
-    from nestrank.pipeline.pipeline import StageStats
 
 __all__ = ["RerankStage"]
 
@@ -89,7 +87,6 @@ class RerankStage:
         """Rerank ``candidates`` and interpolate; returns the run and the stage's :class:`StageStats`."""
         from nestrank.pipeline.cost import pair_shapes, pairs_flops
         from nestrank.pipeline.interpolate import interpolate
-        from nestrank.pipeline.pipeline import StageStats
         from nestrank.rerank import rerank_run
 
         clock = time.perf_counter()

@@ -12,12 +12,14 @@ request's, else the profile's), and keeps the first-stage order below the rerank
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
 from nestrank.data import Corpus, Run
+from nestrank.errors import ConfigError
 from nestrank.serve import service
 from nestrank.serve.errors import ApiError, responses
 from nestrank.serve.schemas import SearchHit, SearchRequest, SearchResponse
@@ -41,7 +43,6 @@ class SearchPipeline:
         """Load the index directory (as a pipeline first stage) and the corpus it was built from."""
         from nestrank.pipeline import FirstStage, FirstStageSection
         from nestrank.retrieve import read_manifest
-        from nestrank.serve.state import corpus_path
 
         manifest = read_manifest(index)
         method, params = str(manifest["method"]), manifest.get("params", {})
@@ -112,3 +113,14 @@ async def search(body: SearchRequest, request: Request) -> SearchResponse:
     if not body.query.strip():
         raise ApiError(400, "query is empty", code="empty_input", param="query")
     return await state.search.search(request, body)
+
+
+def corpus_path(path: str) -> Path:
+    """A corpus file, a BEIR directory's ``corpus.jsonl``, or a TREC collection directory."""
+    candidate = Path(path)
+    if candidate.is_dir() and (candidate / "corpus.jsonl").is_file():
+        return candidate / "corpus.jsonl"
+    if not candidate.exists():
+        raise ConfigError(f"--corpus {path}: no corpus there (give a .jsonl/.tsv file, a BEIR directory or a TREC "
+                          "collection)")
+    return candidate

@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from fastapi import Request, Response
@@ -22,7 +23,9 @@ from nestrank.serve.engines import EmbedEngine, Prepared, QueryTooLong, RerankEn
 from nestrank.serve.errors import ApiError, retry_after
 from nestrank.serve.scheduler import Dropped, Job, Overloaded
 from nestrank.serve.schemas import CostEcho, RerankMeta, TextDocument
-from nestrank.serve.state import ServerState
+
+if TYPE_CHECKING:
+    from nestrank.serve.state import ServerState
 
 
 @dataclass

@@ -13,10 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
-from nestrank.errors import ConfigError
 from nestrank.serve.cost import LatencyModel
 from nestrank.serve.engines import EmbedEngine, Engine, RerankEngine, load_engine, warm
 from nestrank.serve.errors import ApiError
@@ -150,13 +148,3 @@ class ServerState:
             raise ApiError(404, f"model {model!r} not found: embedding models have no profiles", code="model_not_found",
                            param="model")
         return engine, alias
-
-
-def corpus_path(path: str) -> Path:
-    """A corpus file, or a BEIR directory's ``corpus.jsonl``."""
-    candidate = Path(path)
-    if candidate.is_dir():
-        candidate = candidate / "corpus.jsonl"
-    if not candidate.is_file():
-        raise ConfigError(f"--corpus {path}: no corpus file there (give a .jsonl/.tsv file or a BEIR directory)")
-    return candidate

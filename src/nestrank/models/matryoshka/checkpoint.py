@@ -70,7 +70,7 @@ def checkpoint_settings(path: str | Path) -> dict[str, Any] | None:
 def layer_count(name_or_path: str | Path) -> int | None:
     """The layer count of a model, read from a local ``config.json`` (of the base, for a checkpoint) without
     loading weights; ``None`` when no such file says it (presets, GGUF files, hub ids)."""
-    from nestrank.models.backbone import local_path
+    from nestrank.models.presets import local_path
 
     path = local_path(name_or_path)
     settings = checkpoint_settings(path) if path.is_dir() else None
@@ -86,7 +86,8 @@ def layer_count(name_or_path: str | Path) -> int | None:
 def load(cls: Callable[..., R], name_or_path: str | Path, *, dtype: str | torch.dtype,
          device: str | torch.device | None, importance: str, merge_lora: bool, **kwargs: Any) -> R:
     """``cls(model, tokenizer, ...)`` for a backbone or a checkpoint (:meth:`MatryoshkaReranker.from_pretrained`)."""
-    from nestrank.models.backbone import load_backbone, local_path
+    from nestrank.models.backbone import load_backbone
+    from nestrank.models.presets import local_path
 
     path = local_path(name_or_path)
     settings = checkpoint_settings(path)

@@ -1,4 +1,4 @@
-"""The training package's imports: no cycle between its modules, and importing it loads no torch."""
+"""Imports: no cycle between nestrank's modules, and importing the library's packages loads no torch."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 
 
-def import_graph(package: str, src: Path = SRC) -> dict[str, set[str]]:
-    """``{module: modules of package it imports}`` from every import statement (top-level, lazy or TYPE_CHECKING)."""
+def import_graph(package: str, src: Path = SRC, *, type_checking: bool = True) -> dict[str, set[str]]:
+    """``{module: modules of package it imports}`` from every import statement (top-level, lazy and, unless
+    ``type_checking=False``, under ``if TYPE_CHECKING:``)."""
     root = src.joinpath(*package.split("."))
     modules = {}
     for path in root.rglob("*.py"):
@@ -20,7 +21,13 @@ def import_graph(package: str, src: Path = SRC) -> dict[str, set[str]]:
         modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        skipped = set() if type_checking else {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                                                and ast.unparse(block.test).endswith("TYPE_CHECKING")
+                                                for n in ast.walk(block)}
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -66,8 +73,22 @@ def test_training_package_has_no_import_cycle():
     assert find_cycle(graph) == []
 
 
-def test_importing_the_training_package_loads_no_torch():
-    code = "import sys, nestrank.train; print(sorted({'torch', 'transformers', 'peft', 'accelerate'} & set(sys.modules)))"
+def test_nestrank_has_no_import_cycle():
+    """Every import that runs counts: module-level and inside functions (not type-checking-only imports)."""
+    graph = import_graph("nestrank", type_checking=False)
+    assert {"nestrank.cli.app", "nestrank.pipeline.pipeline", "nestrank.serve.state"} <= graph.keys()
+    assert find_cycle(graph) == []
+
+
+def test_no_module_is_over_400_lines():
+    long = {str(p.relative_to(SRC)): n for p in (SRC / "nestrank").rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert long == {}
+
+
+def test_importing_the_library_packages_loads_no_torch():
+    code = ("import sys, nestrank.train, nestrank.models, nestrank.pipeline, nestrank.retrieve, nestrank.serve; "
+            "print(sorted({'torch', 'transformers', 'peft', 'accelerate', 'fastapi'} & set(sys.modules)))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           env={**os.environ, "PYTHONPATH": str(SRC)})
     assert done.stdout.strip() == "[]"
