@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["plot_quality_vs_cost"]
+__all__ = ["finish_plot", "plot_quality_vs_cost"]
 
 
 def plot_quality_vs_cost(points: Mapping[str, tuple[float, float]], path: str | Path, *, metric: str,
@@ -23,11 +23,20 @@ def plot_quality_vs_cost(points: Mapping[str, tuple[float, float]], path: str | 
     costs = [cost for cost, _ in points.values() if cost > 0]
     if costs and max(costs) / min(costs) > 20:
         ax.set_xscale("log")
-    ax.set_xlabel(cost_label)
-    ax.set_ylabel(metric)
+    return finish_plot(fig, ax, path, xlabel=cost_label, ylabel=metric, title=title)
+
+
+def finish_plot(fig, ax, path: str | Path, *, xlabel: str, ylabel: str, title: str = "", legend: bool = False) -> Path:
+    """Label, grid and save a quality-vs-cost figure as a PNG at ``path`` (parents created), then close it."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
+    if legend:
+        ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,8 @@ def plot_points(points: Sequence[TunePoint], chosen: Mapping[str, TunePoint], pa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from nestrank.evaluate.plot import finish_plot
+
     fig, ax = plt.subplots(figsize=(6.6, 4.6))
     ax.scatter([p.cost for p in points], [p.quality for p in points], s=12, color="0.7", label="tried")
     frontier = pareto_frontier(points)
@@ -113,14 +115,4 @@ def plot_points(points: Sequence[TunePoint], chosen: Mapping[str, TunePoint], pa
                     xytext=(6, -12 if name == "full" else 6), fontsize=7, color="tab:red")
     if baseline is not None:
         ax.axhline(baseline, color="grey", linestyle="--", linewidth=1, label="first stage alone")
-    ax.set_xlabel(cost_label)
-    ax.set_ylabel(metric)
-    ax.set_title(title, fontsize=9)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return finish_plot(fig, ax, path, xlabel=cost_label, ylabel=metric, title=title, legend=True)
