@@ -22,9 +22,10 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
+from nestrank.checks import check_corpus_arg, check_text_mapping
 from nestrank.data.corpus import Corpus, Document
 from nestrank.data.run import Run
-from nestrank.errors import ConfigError
+from nestrank.errors import ArgumentTypeError, ConfigError
 from nestrank.models.reranker import Reranker, RerankInputError
 from nestrank.models.settings import detect_kind
 
@@ -37,6 +38,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 #: Candidates per query reranked when the caller does not say.
 DEFAULT_RERANK_DEPTH = 100
+#: Said with a wrong argument: the usual slip is the order of run, queries and corpus.
+ORDER = "(arguments in another order? the order is run, queries, corpus, reranker)"
 
 __all__ = ["DEFAULT_RERANK_DEPTH", "check_rerank_depth", "check_reranker_config", "detect_kind", "load_reranker",
            "rerank_run", "rerank_run_exits"]
@@ -91,6 +94,10 @@ def rerank_run(
             document missing from ``corpus`` (checked before any scoring).
         ConfigError: ``rerank_depth`` or ``pairs_per_call`` below 1.
     """
+    if not isinstance(reranker, Reranker):
+        raise ArgumentTypeError(f"reranker must be a nestrank Reranker (e.g. load_reranker(name)), got "
+                                f"{type(reranker).__name__} {ORDER}")
+
     def score(pair_queries: list[str], pair_docs: list[Document]) -> list[Sequence[float]]:
         scores = reranker.score(pair_queries, pair_docs, config=config, batch_tokens=batch_tokens)
         if len(scores) != len(pair_docs) or getattr(scores, "ndim", 1) != 1:
@@ -123,6 +130,11 @@ def rerank_run_exits(
     :func:`rerank_run` calls with ``depth=10/20/30,compress=8:0.5``. Arguments, the ranking of
     documents below ``rerank_depth`` and errors are those of :func:`rerank_run`.
     """
+    if not callable(getattr(reranker, "score_exits", None)):
+        raise ArgumentTypeError(f"reranker must be a MatryoshkaReranker (it scores several exits), got "
+                                f"{type(reranker).__name__}")
+    if isinstance(exits, str) or not all(isinstance(e, int) and not isinstance(e, bool) for e in exits):
+        raise ArgumentTypeError(f"exits must be a list of layer numbers, got {exits!r}")
     layers = sorted(set(exits))
     if not layers:
         raise ConfigError("rerank_run_exits needs at least one exit layer")
@@ -149,6 +161,11 @@ ScoreFn = Callable[[list[str], list[Document]], list[Sequence[float]]]
 def _rerank(run: Run, queries: Mapping[str, str], corpus: Corpus, score: ScoreFn, outputs: int, depth: int,
             pairs_per_call: int, show_progress: bool) -> list[Run]:
     """Rerank ``run`` with ``score``, which returns ``outputs`` score lists per call: one Run per list."""
+    if not isinstance(run, Run):
+        raise ArgumentTypeError(f"run must be a nestrank.data.Run (e.g. Run.read(path) or an index's search()), got "
+                                f"{type(run).__name__} {ORDER}")
+    check_text_mapping(queries, "queries", "{query_id: text}", ORDER.strip("()"))
+    check_corpus_arg(corpus, hint=ORDER.strip("()"))
     check_rerank_depth(depth)
     if pairs_per_call < 1:
         raise ConfigError(f"pairs_per_call must be at least 1, got {pairs_per_call}")

@@ -359,9 +359,11 @@ def _load_model(source: BackboneSource, task: Task, dtype: torch.dtype, device: 
         kwargs["device_map"] = {"": device}
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
+    from nestrank.integrity import format_errors
+
     try:
         return auto.from_pretrained(source.path, **kwargs)
-    except (OSError, ValueError) as exc:
+    except format_errors() as exc:  # also a damaged safetensors or GGUF file
         where = "" if source.is_local else " (not a local path: it was looked up on the Hugging Face hub)"
         raise ConfigError(f"cannot load model {source.name!r}{where}: {exc}") from None
 
@@ -386,10 +388,12 @@ def _apply_adapter(model: PreTrainedModel, adapter: str, merge: bool) -> PreTrai
     from peft import PeftModel, get_peft_model_state_dict
     from peft.utils import load_peft_weights
 
+    from nestrank.integrity import format_errors
+
     try:
         peft_model = PeftModel.from_pretrained(model, adapter)
         saved = load_peft_weights(adapter, device="cpu")
-    except (OSError, ValueError, KeyError) as exc:
+    except format_errors() as exc:  # also a damaged adapter_model.safetensors
         raise ConfigError(f"cannot apply PEFT adapter {adapter}: {exc}") from None
     # save_embedding_layers=True: a superset of keys, and no hub look-up of the base's config
     expected = set(get_peft_model_state_dict(peft_model, save_embedding_layers=True))

@@ -69,6 +69,45 @@ def read_settings(directory: str | Path, kind: Kind, *, model: str, what: str = 
     return settings
 
 
+#: The fix for a damaged checkpoint.
+RESAVE = "copy the checkpoint again from where it came from, or save (train) it again"
+
+
+def verify_checkpoint(name_or_path: str | Path, verify: str = "fast", *, what: str) -> dict[str, Any] | None:
+    """Check a model directory nestrank wrote against its ``checksums.json``; returns what it was built from.
+
+    Applies to directories with a ``nestrank.json`` or a ``checksums.json``; one of an older
+    nestrank (no checksums) loads with a one-line warning; other models (presets, hub ids,
+    third-party directories) are left alone and give ``None``. See :mod:`nestrank.integrity`.
+
+    Raises:
+        ArtifactError: a listed file is missing, truncated or damaged (naming it).
+    """
+    from nestrank.integrity import CHECKSUMS_FILE, verify_checksums
+    from nestrank.models.backbone import local_path
+
+    try:
+        path = local_path(name_or_path)
+    except ConfigError:
+        return None
+    if not path.is_dir() or not ((path / SETTINGS_FILE).is_file() or (path / CHECKSUMS_FILE).exists()):
+        return None
+    return verify_checksums(path, verify, what=what, fix=RESAVE)
+
+
+def local_fingerprint(name_or_path: str | Path | None) -> str | None:
+    """:func:`~nestrank.integrity.model_fingerprint` of a model on this machine (a preset, file or directory), else ``None``."""
+    from nestrank.integrity import model_fingerprint
+    from nestrank.models.backbone import local_path
+
+    if name_or_path is None:
+        return None
+    try:
+        return model_fingerprint(local_path(name_or_path))
+    except ConfigError:
+        return None
+
+
 def _settings_file(directory: Path, what: str) -> dict[str, Any] | None:
     """``directory/nestrank.json`` parsed (a JSON object), or ``None`` when there is none."""
     file = directory / SETTINGS_FILE

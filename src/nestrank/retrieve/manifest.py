@@ -21,13 +21,16 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from nestrank import __version__
-from nestrank.errors import DataFormatError
+from nestrank.errors import ArtifactError, DataFormatError
 from nestrank.files import atomic_write
+from nestrank.integrity import ids_fingerprint, verify_checksums
 
 MANIFEST = "manifest.json"
 INDEX_FORMAT = 1
 EMBEDDINGS_KIND = "nestrank-embeddings"
 EMBEDDINGS_FORMAT = 1
+#: The fix for a damaged index.
+REBUILD_INDEX = "rebuild the index with `nestrank index`"
 ManifestKind = Literal["index", "embeddings"]
 
 
@@ -102,6 +105,9 @@ def read_manifest(directory: str | Path, kind: ManifestKind | None = None, *, me
     if not isinstance(version, int) or version > actual.version:
         raise DataFormatError(path, None, f"{actual.noun} format {version!r} is not one this nestrank understands "
                               f"(<= {actual.version})", f"upgrade nestrank, or {actual.remake}")
+    if found == "index" and (isinstance(manifest.get("num_docs"), bool) or not isinstance(manifest.get("num_docs"), int)
+                             or manifest["num_docs"] < 0 or not isinstance(manifest.get("params"), dict)):
+        raise DataFormatError(path, None, "index manifest lacks a valid num_docs or params", actual.remake)
     if method is not None and manifest["method"] != method:
         raise DataFormatError(path, None, f"index method is {manifest['method']!r}, not {method!r}",
                               "open it with nestrank.retrieve.open_index")
@@ -120,3 +126,25 @@ def write_manifest(directory: str | Path, method: str, num_docs: int, params: Ma
     with atomic_write(Path(directory) / MANIFEST) as handle:
         json.dump(manifest, handle, indent=2)
         handle.write("\n")
+
+
+def verify_index(directory: str | Path, verify: str, what: str) -> dict[str, Any]:
+    """Check an index directory's files against its ``checksums.json`` (see :mod:`nestrank.integrity`).
+
+    Returns what the index records it was built from (``{}`` for an index of an older nestrank).
+    """
+    return verify_checksums(directory, verify, what=what, fix=REBUILD_INDEX) or {}
+
+
+def check_corpus(directory: str | Path, fingerprint: str, num_docs: int, corpus: Any) -> None:
+    """Raise :class:`ArtifactError` unless ``corpus`` has the ids (``fingerprint``: :func:`ids_fingerprint`) an index
+    in ``directory`` was built from."""
+    ids = list(corpus.ids)
+    if ids_fingerprint(ids) == fingerprint:
+        return
+    differs = f"{num_docs} documents, the corpus given has {len(ids)}" if len(ids) != num_docs else \
+        f"{num_docs} documents with other ids or in another order"
+    where = f" ({corpus.path})" if getattr(corpus, "path", None) else ""
+    raise ArtifactError(Path(directory), None, f"this index was built from another corpus than the one given{where}: "
+                        f"it holds {differs}", "give the corpus the index was built from, or rebuild the index from "
+                        "this corpus with `nestrank index`")
