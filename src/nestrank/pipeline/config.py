@@ -38,6 +38,7 @@ reads a file; :class:`PipelineConfig` can also be built in Python.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,11 +91,12 @@ class FirstStageSection:
         _positive(self.fusion_depth, "first_stage.fusion_depth", where)
         if self.stride is not None:
             _positive(self.stride, "first_stage.stride", where)
-        if not self.rrf_k >= 0:
-            raise ConfigError(f"{where}: first_stage.rrf_k must be >= 0, got {self.rrf_k}")
-        if self.weights is not None and (len(self.weights) != 2 or any(w < 0 for w in self.weights)):
-            raise ConfigError(f"{where}: first_stage.weights must be two non-negative numbers [bm25, dense], got "
-                              f"{self.weights}")
+        if not (math.isfinite(self.rrf_k) and self.rrf_k >= 0):
+            raise ConfigError(f"{where}: first_stage.rrf_k must be a finite number >= 0, got {self.rrf_k}")
+        if self.weights is not None and (len(self.weights) != 2 or not all(math.isfinite(w) and w >= 0
+                                                                           for w in self.weights)):
+            raise ConfigError(f"{where}: first_stage.weights must be two finite non-negative numbers [bm25, dense], "
+                              f"got {self.weights}")
 
 
 @dataclass
