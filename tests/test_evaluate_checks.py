@@ -48,7 +48,7 @@ def test_errors_where_the_result_would_be_wrong():
 
 
 @pytest.mark.parametrize(("call", "message"), [
-    (lambda: evaluate(QRELS, RUN), "run is a Qrels, not a run"),
+    (lambda: evaluate(QRELS, RUN), "run is a Qrels, not a Run"),
     (lambda: evaluate(RUN.to_dict(), {"q1": {"d1": 0.7}}), r"the grade 0.7 is not an integer \(arguments swapped"),
     (lambda: evaluate(RUN, QRELS, QRELS), "metrics must be a comma-separated string"),
     (lambda: evaluate(["q1"], QRELS), "run must be a Run or a mapping"),

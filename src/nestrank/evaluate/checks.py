@@ -28,48 +28,46 @@ from nestrank.errors import ArgumentTypeError, ConfigError
 SWAPPED = "arguments swapped? the order is evaluate(run, qrels, metrics)"
 
 
+def _check_score(where: str, score: Any) -> None:
+    if isinstance(score, bool) or not isinstance(score, Real):
+        raise ArgumentTypeError(f"{where}: the score {score!r} is not a number")
+    if math.isnan(score):
+        raise ConfigError(f"{where} has a NaN score: the ranking would be undefined (fix: the model or scoring "
+                          "that produced it)")
+
+
+def _check_grade(where: str, grade: Any) -> None:
+    if isinstance(grade, bool) or not isinstance(grade, Integral):
+        raise ArgumentTypeError(f"{where}: the grade {grade!r} is not an integer ({SWAPPED})")
+
+
+def _plain(value: Any, name: str, own: type, swapped: type, unit: str, check: Any, cast: type) -> dict:
+    """``value`` (an ``own`` or ``{qid: {doc_id: unit}}``) as plain dicts, each value checked and cast."""
+    if isinstance(value, swapped):
+        raise ArgumentTypeError(f"{name} is a {swapped.__name__}, not a {own.__name__} ({SWAPPED})")
+    if isinstance(value, own):
+        return value.to_dict()  # type: ignore[attr-defined]
+    if not isinstance(value, Mapping):
+        raise ArgumentTypeError(f"{name} must be a {own.__name__} or a mapping {{query_id: {{doc_id: {unit}}}}}, "
+                                f"got {type_name(value)}")
+    out: dict[str, dict] = {}
+    for qid, docs in value.items():
+        if not isinstance(docs, Mapping):
+            raise ArgumentTypeError(f"{name}[{qid!r}] must be a mapping {{doc_id: {unit}}}, got {type_name(docs)}")
+        for doc, item in docs.items():
+            check(f"{name}[{qid!r}][{doc!r}]", item)
+        out[str(qid)] = {str(d): cast(item) for d, item in docs.items()}
+    return out
+
+
 def run_dict(run: Any, name: str = "run") -> dict[str, dict[str, float]]:
     """``run`` (a :class:`Run` or ``{qid: {doc_id: score}}``) as plain dicts, its types and scores checked."""
-    if isinstance(run, Qrels):
-        raise ArgumentTypeError(f"{name} is a Qrels, not a run ({SWAPPED})")
-    if isinstance(run, Run):
-        return run.to_dict()
-    if not isinstance(run, Mapping):
-        raise ArgumentTypeError(f"{name} must be a Run or a mapping {{query_id: {{doc_id: score}}}}, got "
-                                f"{type_name(run)}")
-    out: dict[str, dict[str, float]] = {}
-    for qid, docs in run.items():
-        if not isinstance(docs, Mapping):
-            raise ArgumentTypeError(f"{name}[{qid!r}] must be a mapping {{doc_id: score}}, got {type_name(docs)}")
-        for doc, score in docs.items():
-            if isinstance(score, bool) or not isinstance(score, Real):
-                raise ArgumentTypeError(f"{name}[{qid!r}][{doc!r}]: the score {score!r} is not a number")
-            if math.isnan(score):
-                raise ConfigError(f"{name}[{qid!r}][{doc!r}] has a NaN score: the ranking would be undefined "
-                                  "(fix: the model or scoring that produced it)")
-        out[str(qid)] = {str(d): float(s) for d, s in docs.items()}
-    return out
+    return _plain(run, name, Run, Qrels, "score", _check_score, float)
 
 
 def qrels_dict(qrels: Any, name: str = "qrels") -> dict[str, dict[str, int]]:
     """``qrels`` (a :class:`Qrels` or ``{qid: {doc_id: grade}}``) as plain dicts, its grades checked to be integers."""
-    if isinstance(qrels, Run):
-        raise ArgumentTypeError(f"{name} is a Run, not qrels ({SWAPPED})")
-    if isinstance(qrels, Qrels):
-        return qrels.to_dict()
-    if not isinstance(qrels, Mapping):
-        raise ArgumentTypeError(f"{name} must be a Qrels or a mapping {{query_id: {{doc_id: grade}}}}, got "
-                                f"{type_name(qrels)}")
-    out: dict[str, dict[str, int]] = {}
-    for qid, docs in qrels.items():
-        if not isinstance(docs, Mapping):
-            raise ArgumentTypeError(f"{name}[{qid!r}] must be a mapping {{doc_id: grade}}, got {type_name(docs)}")
-        for doc, grade in docs.items():
-            if isinstance(grade, bool) or not isinstance(grade, Integral):
-                raise ArgumentTypeError(f"{name}[{qid!r}][{doc!r}]: the grade {grade!r} is not an integer "
-                                        f"({SWAPPED})")
-        out[str(qid)] = {str(d): int(g) for d, g in docs.items()}
-    return out
+    return _plain(qrels, name, Qrels, Run, "grade", _check_grade, int)
 
 
 def check_inputs(run: Mapping[str, Mapping[str, float]], qrels: Mapping[str, Mapping[str, int]],

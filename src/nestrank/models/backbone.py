@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from nestrank.errors import ConfigError
+from nestrank.integrity import format_errors
 
 if TYPE_CHECKING:
     import torch
@@ -359,8 +360,6 @@ def _load_model(source: BackboneSource, task: Task, dtype: torch.dtype, device: 
         kwargs["device_map"] = {"": device}
     if source.gguf_file:
         kwargs["gguf_file"] = source.gguf_file
-    from nestrank.integrity import format_errors
-
     try:
         return auto.from_pretrained(source.path, **kwargs)
     except format_errors() as exc:  # also a damaged safetensors or GGUF file
@@ -387,8 +386,6 @@ def _apply_adapter(model: PreTrainedModel, adapter: str, merge: bool) -> PreTrai
     """Apply a PEFT adapter; fail if any of its weights do not land in the model."""
     from peft import PeftModel, get_peft_model_state_dict
     from peft.utils import load_peft_weights
-
-    from nestrank.integrity import format_errors
 
     try:
         peft_model = PeftModel.from_pretrained(model, adapter)

@@ -28,14 +28,7 @@ from nestrank.errors import ArgumentTypeError, ArtifactError, ConfigError, DataF
 from nestrank.integrity import CHECKSUMS_FILE, ids_fingerprint, reading, write_checksums
 from nestrank.retrieve.config import BM25_VARIANTS, BM25Config
 from nestrank.retrieve.index import staged_index_dir
-from nestrank.retrieve.manifest import (
-    MANIFEST,
-    REBUILD_INDEX,
-    check_corpus,
-    read_manifest,
-    verify_index,
-    write_manifest,
-)
+from nestrank.retrieve.manifest import MANIFEST, REBUILD_INDEX, CorpusCheck, open_index_dir, write_manifest
 
 METHOD = "bm25"
 DOC_IDS_FILE = "doc_ids.json"
@@ -109,7 +102,7 @@ def _tokenizer(stemmer: str | None, stopwords: str | list[str] | None):
     )
 
 
-class BM25Index:
+class BM25Index(CorpusCheck):
     """A BM25 index over a corpus: build, save, load (memory-mapped) and batch search.
 
     Documents are indexed as ``title text`` (:attr:`Document.full_text`). Search returns
@@ -127,10 +120,6 @@ class BM25Index:
     def corpus_fingerprint(self) -> str:
         """:func:`~nestrank.integrity.ids_fingerprint` of the indexed document ids (identifies the corpus)."""
         return ids_fingerprint(self.doc_ids)
-
-    def check_corpus(self, corpus: Corpus) -> None:
-        """Raise :class:`~nestrank.errors.ArtifactError` unless ``corpus`` is the corpus this index was built from."""
-        check_corpus(self.path or "BM25 index", self.corpus_fingerprint, self.num_docs, check_corpus_arg(corpus))
 
     @property
     def num_docs(self) -> int:
@@ -230,8 +219,7 @@ class BM25Index:
         import bm25s
 
         path = Path(path)
-        manifest = read_manifest(path, method=METHOD)
-        built_from = verify_index(path, verify, "BM25 index")
+        manifest, built_from = open_index_dir(path, METHOD, verify, "BM25 index")
         params = manifest.get("params")
         try:
             _check_params(params["k1"], params["b"], params["stemmer"], params["stopwords"], params["variant"])

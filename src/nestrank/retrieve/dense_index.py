@@ -29,14 +29,7 @@ from nestrank.retrieve.config import FUSION_DEPTH, RRF_K, IndexConfig
 from nestrank.retrieve.embeddings import Embeddings
 from nestrank.retrieve.encode import PassageEncoder
 from nestrank.retrieve.index import staged_index_dir
-from nestrank.retrieve.manifest import (
-    MANIFEST,
-    REBUILD_INDEX,
-    check_corpus,
-    read_manifest,
-    verify_index,
-    write_manifest,
-)
+from nestrank.retrieve.manifest import MANIFEST, REBUILD_INDEX, CorpusCheck, open_index_dir, write_manifest
 
 METHOD = "dense"
 HYBRID = "hybrid"
@@ -89,7 +82,7 @@ def _set_search_params(index: Any, config: IndexConfig, k: int) -> None:
         faiss.extract_index_ivf(index).nprobe = config.nprobe
 
 
-class DenseIndex:
+class DenseIndex(CorpusCheck):
     """A (possibly sharded) FAISS index with the doc ids and the encoder that made its vectors."""
 
     def __init__(self, path: Path, manifest: dict[str, Any], built_from: dict[str, Any] | None = None) -> None:
@@ -129,10 +122,6 @@ class DenseIndex:
         if recorded is not None:
             return recorded
         return ids_fingerprint([doc_id for shard in self.shards for doc_id in self._shard_ids(shard)])
-
-    def check_corpus(self, corpus: Corpus) -> None:
-        """Raise :class:`~nestrank.errors.ArtifactError` unless ``corpus`` is the corpus this index was built from."""
-        check_corpus(self.path, self.corpus_fingerprint, self.num_docs, check_corpus_arg(corpus))
 
     def __repr__(self) -> str:
         return f"DenseIndex({self.num_docs} documents, {len(self.shards)} shards, {self.config.index_type}, dim {self.dim})"
@@ -192,8 +181,7 @@ class DenseIndex:
             ArtifactError: a file is missing, damaged or inconsistent (naming it; fix: rebuild the index).
         """
         path = Path(path)
-        manifest = read_manifest(path, method=METHOD)
-        index = cls(path, manifest, verify_index(path, verify, "dense index"))
+        index = cls(path, *open_index_dir(path, METHOD, verify, "dense index"))
         for shard in index.shards:
             for key in ("file", "ids"):
                 if not (path / shard[key]).is_file():
@@ -305,7 +293,7 @@ class DenseIndex:
                     for qid, ids, row in zip(qids, doc_ids, scores, strict=True)})
 
 
-class HybridIndex:
+class HybridIndex(CorpusCheck):
     """BM25 and dense sub-indexes in one directory; search fuses their runs by reciprocal rank.
 
     Layout: ``bm25/`` and ``dense/`` (each a complete index) and a manifest with
@@ -324,10 +312,6 @@ class HybridIndex:
     def corpus_fingerprint(self) -> str:
         """:func:`~nestrank.integrity.ids_fingerprint` of the indexed document ids."""
         return self.bm25.corpus_fingerprint
-
-    def check_corpus(self, corpus: Corpus) -> None:
-        """Raise :class:`~nestrank.errors.ArtifactError` unless ``corpus`` is the corpus this index was built from."""
-        check_corpus(self.path, self.corpus_fingerprint, self.num_docs, check_corpus_arg(corpus))
 
     @property
     def num_docs(self) -> int:
@@ -365,8 +349,7 @@ class HybridIndex:
         from nestrank.retrieve.bm25 import BM25Index
 
         path = Path(path)
-        manifest = read_manifest(path, method=HYBRID)
-        verify_index(path, verify, "hybrid index")
+        manifest, _ = open_index_dir(path, HYBRID, verify, "hybrid index")
         inner = "none" if (path / CHECKSUMS_FILE).is_file() else verify  # its checksums cover the sub-indexes' files
         params = manifest["params"]
         parts = params.get("parts")

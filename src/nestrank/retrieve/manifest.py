@@ -128,23 +128,33 @@ def write_manifest(directory: str | Path, method: str, num_docs: int, params: Ma
         handle.write("\n")
 
 
-def verify_index(directory: str | Path, verify: str, what: str) -> dict[str, Any]:
-    """Check an index directory's files against its ``checksums.json`` (see :mod:`nestrank.integrity`).
+def open_index_dir(directory: str | Path, method: str, verify: str, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read an index directory's manifest (of ``method``) and check its files against ``checksums.json``.
 
-    Returns what the index records it was built from (``{}`` for an index of an older nestrank).
+    Returns the manifest and what the index records it was built from (``{}`` for an index
+    of an older nestrank). See :func:`read_manifest` and :mod:`nestrank.integrity`.
     """
-    return verify_checksums(directory, verify, what=what, fix=REBUILD_INDEX) or {}
+    manifest = read_manifest(directory, method=method)
+    return manifest, verify_checksums(directory, verify, what=what, fix=REBUILD_INDEX) or {}
 
 
-def check_corpus(directory: str | Path, fingerprint: str, num_docs: int, corpus: Any) -> None:
-    """Raise :class:`ArtifactError` unless ``corpus`` has the ids (``fingerprint``: :func:`ids_fingerprint`) an index
-    in ``directory`` was built from."""
-    ids = list(corpus.ids)
-    if ids_fingerprint(ids) == fingerprint:
-        return
-    differs = f"{num_docs} documents, the corpus given has {len(ids)}" if len(ids) != num_docs else \
-        f"{num_docs} documents with other ids or in another order"
-    where = f" ({corpus.path})" if getattr(corpus, "path", None) else ""
-    raise ArtifactError(Path(directory), None, f"this index was built from another corpus than the one given{where}: "
-                        f"it holds {differs}", "give the corpus the index was built from, or rebuild the index from "
-                        "this corpus with `nestrank index`")
+class CorpusCheck:
+    """What an index class shares: :meth:`check_corpus`, from its ``path``, ``num_docs`` and ``corpus_fingerprint``."""
+
+    path: Path | None
+    num_docs: int
+    corpus_fingerprint: str
+
+    def check_corpus(self, corpus: Any) -> None:
+        """Raise :class:`~nestrank.errors.ArtifactError` unless ``corpus`` (same ids, same order) built this index."""
+        from nestrank.checks import check_corpus_arg
+
+        ids = list(check_corpus_arg(corpus).ids)
+        if ids_fingerprint(ids) == self.corpus_fingerprint:
+            return
+        differs = f"{self.num_docs} documents, the corpus given has {len(ids)}" if len(ids) != self.num_docs else \
+            f"{self.num_docs} documents with other ids or in another order"
+        where = f" ({corpus.path})" if getattr(corpus, "path", None) else ""
+        raise ArtifactError(self.path or "index", None, f"this index was built from another corpus than the one "
+                            f"given{where}: it holds {differs}", "give the corpus the index was built from, or "
+                            "rebuild the index from this corpus with `nestrank index`")
