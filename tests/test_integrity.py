@@ -225,7 +225,7 @@ def test_matryoshka_checkpoint_checks_files_and_base_model(tiny_llama_dir, tmp_p
     MatryoshkaReranker.from_pretrained(ckpt, device="cpu", verify="none")
     write_checksums(ckpt)  # accept the change: one call records the files again
     save_tiny_llama(base, seed=1)  # the base model is replaced by other weights of the same shape
-    with pytest.raises(ArtifactError, match="is not the one this checkpoint was trained on"):
+    with pytest.raises(ArtifactError, match="is not the one this Matryoshka checkpoint was trained on"):
         MatryoshkaReranker.from_pretrained(ckpt, device="cpu")
     (ckpt / CHECKSUMS_FILE).unlink()  # a checkpoint of an older nestrank: loads, with a warning
     heads.write_bytes(heads.read_bytes()[:-10])

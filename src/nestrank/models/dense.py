@@ -148,7 +148,7 @@ class DenseEncoder:
 
         if not isinstance(name_or_path, str | Path):
             raise ArgumentTypeError(f"name_or_path must be a model name or path, got {type(name_or_path).__name__}")
-        verify_checkpoint(name_or_path, verify, what="encoder checkpoint")
+        verify_checkpoint(name_or_path, verify, what="encoder checkpoint", base=(load_options or {}).get("base_model"))
         trained = trained_encoder_settings(name_or_path)
         preset = preset or trained.get("preset") or ("minilm" if str(name_or_path) == "minilm-l6" else "repllama")
         config = encoder_config(preset, **{**trained.get("encoder", {}), **overrides})

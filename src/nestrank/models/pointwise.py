@@ -128,7 +128,7 @@ class PointwiseReranker(Reranker):
 
         source = resolve_source(name_or_path, base_model=base_model)
         saved = _saved_settings(Path(source.adapter or source.path))  # first: a nestrank.json of another kind
-        verify_checkpoint(source.adapter or source.path, verify, what="pointwise reranker checkpoint")
+        verify_checkpoint(source.adapter or source.path, verify, what="pointwise reranker checkpoint", base=base_model)
         if source.adapter:
             _check_seq_cls_adapter(Path(source.adapter))
         elif Path(source.path).is_dir() and detect_kind(source.path) != "pointwise":

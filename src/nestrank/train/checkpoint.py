@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from nestrank.errors import ArtifactError, ConfigError
 from nestrank.files import atomic_dir
-from nestrank.integrity import reading, verify_checksums, write_checksums
+from nestrank.integrity import read_checksums, reading, verify_checksums, write_checksums
 from nestrank.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -69,9 +69,18 @@ def save_checkpoint(path: Path, accelerator: Accelerator, optimizer: torch.optim
             (tmp / SCHEDULER_FILE).write_text(json.dumps(scheduler.state_dict(), default=_plain), encoding="utf-8")
             (tmp / STATE_FILE).write_text(json.dumps({"step": step, "world_size": accelerator.num_processes,
                                                       "config": config.to_dict()}, indent=2), encoding="utf-8")
-            write_checksums(tmp, {"step": step})
+            write_checksums(tmp, {"step": step, **_base_record(tmp, config.model.backbone)})
     accelerator.wait_for_everyone()
     return path
+
+
+def _base_record(directory: Path, backbone: str) -> dict[str, Any]:
+    """The base model and its fingerprint, unless the model's own files already recorded theirs (a Matryoshka
+    checkpoint's ``save_pretrained``)."""
+    from nestrank.models.settings import local_fingerprint
+
+    recorded = (read_checksums(directory) or {}).get("built_from", {})
+    return {} if "base_model" in recorded else {"base_model": backbone, "base_fingerprint": local_fingerprint(backbone)}
 
 
 def _plain(value: Any) -> Any:

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-from nestrank.errors import ArtifactError, ConfigError
-from nestrank.integrity import CHECKSUMS_FILE, reading, write_checksums
+from nestrank.errors import ConfigError
+from nestrank.integrity import reading, write_checksums
 from nestrank.models.matryoshka.profiles import Profile, read_profiles
 from nestrank.models.settings import RESAVE, SETTINGS_FILE, local_fingerprint, read_settings, verify_checkpoint
 
@@ -104,8 +104,7 @@ def load(cls: Callable[..., R], name_or_path: str | Path, *, dtype: str | torch.
     base = str(name_or_path) if settings is None else settings["base_model"]
     if settings is not None:
         kwargs = {**settings["reranker"], **kwargs}
-        built_from = verify_checkpoint(path, verify, what="Matryoshka checkpoint")
-        _check_base(path, base, built_from, verify)
+        verify_checkpoint(path, verify, what="Matryoshka checkpoint", base=base)
     model, tokenizer = load_backbone(base, task="causal-lm", dtype=dtype, device=device,
                                      attn_implementation="eager" if importance == "eager" else "sdpa")
     if settings is not None and merge_lora and (path / LORA_DIR).is_dir():
@@ -147,18 +146,6 @@ def save(reranker: Saved, path: str | Path, base_model: str | None) -> Path:
         (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
         write_checksums(staging, {"base_model": base, "base_fingerprint": local_fingerprint(base)})
     return Path(path)
-
-
-def _check_base(path: Path, base: str, built_from: dict[str, Any] | None, verify: str) -> None:
-    """Refuse a base model whose weights differ from those the checkpoint was saved with (when both are known)."""
-    recorded = (built_from or {}).get("base_fingerprint")
-    if verify == "none" or recorded is None or (built_from or {}).get("base_model") != base:
-        return
-    now = local_fingerprint(base)
-    if now is not None and now != recorded:
-        raise ArtifactError(path / CHECKSUMS_FILE, None, f"the base model {base} is not the one this checkpoint was "
-                            "trained on (its weight files changed since the checkpoint was saved)",
-                            "load it with the base model it was trained on (or pass verify='none' to load it anyway)")
 
 
 def _tensors(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
