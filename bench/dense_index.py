@@ -26,8 +26,9 @@ from nestrank.data import Dataset, Run
 from nestrank.evaluate.metrics import evaluate
 from nestrank.models.dense import DenseEncoder
 from nestrank.retrieve.config import IndexConfig
-from nestrank.retrieve.dense_index import DenseIndex, HybridIndex
+from nestrank.retrieve.dense_index import DenseIndex
 from nestrank.retrieve.encode import encode_corpus
+from nestrank.retrieve.hybrid_index import HybridIndex
 
 
 def overlap_at_k(approx: list[list[str]], exact: list[list[str]], k: int) -> float:

@@ -5,7 +5,8 @@
 
 Copies ``nestrank.json``, ``profiles.json``/``tune.csv``/``tune.png`` (when tuned), the LoRA adapter,
 heads and compensation, storing every floating-point tensor as float16 (half the bytes), and the
-held-out validation query ids. Then it scores ``--pairs`` (query, document) pairs of SciFact
+held-out validation query ids, then records the checksums of the package (``checksums.json``,
+with the base model's fingerprint from the checkpoint's own record). Then it scores ``--pairs`` (query, document) pairs of SciFact
 validation queries (BM25 candidates) with the fp32 checkpoint and the fp16 package, under the
 full and light configurations, and reports the largest score difference and whether every
 query's ranking is unchanged; it fails when the difference exceeds ``--tolerance``. The model
@@ -56,6 +57,9 @@ def main() -> None:
     shutil.copy2(source / "lora" / "adapter_config.json", out / "lora" / "adapter_config.json")
     sizes = {str(path.relative_to(source)): to_fp16(path, out / path.relative_to(source))
              for path in sorted(source.rglob("*.safetensors"))}
+    from nestrank.integrity import read_checksums, write_checksums
+
+    write_checksums(out, (read_checksums(source) or {}).get("built_from"))  # the package verifies itself when loaded
 
     from nestrank.data import Dataset
     from nestrank.models import MatryoshkaReranker

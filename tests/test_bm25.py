@@ -175,8 +175,10 @@ def test_open_index_errors(tmp_path: Path, index: BM25Index) -> None:
     assert read_manifest(tmp_path / "other")["num_docs"] == 3
     path = index.save(tmp_path / "idx")
     (path / "doc_ids.json").unlink()
-    with pytest.raises(DataFormatError, match="damaged BM25 index"):
+    with pytest.raises(DataFormatError, match="doc_ids.json: missing from the BM25 index"):
         open_index(path)
+    with pytest.raises(DataFormatError, match="cannot read the BM25 index"):
+        open_index(path, verify="none")
 
 
 def test_dispatch_table_names_bm25() -> None:

@@ -91,7 +91,8 @@ def test_documents_join_title_and_text(word_llama_dir):
     np.testing.assert_allclose(doc, encoder.encode_passages(["cancer gene study"]), atol=1e-6)
 
 
-def test_passage_segments_fit_the_passage_length_and_are_maxp_segments(tiny_dir):
+def test_passage_segments_fit_the_passage_length_and_are_maxp_segments(word_llama_dir):
+    tiny_dir = word_llama_dir
     from nestrank.models.maxp import split_document
 
     encoder = _encoder(tiny_dir, passage_max_length=12)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from helpers import HashEncoder, cli, make_corpus, write_corpus_file
 
-from nestrank.errors import ConfigError, DataFormatError
+from nestrank.errors import ArtifactError, ConfigError, DataFormatError
 from nestrank.retrieve.config import IndexConfig
 from nestrank.retrieve.dense_index import DenseIndex
 from nestrank.retrieve.embeddings import Embeddings
@@ -91,7 +91,7 @@ def test_save_load_round_trip_and_text_search(tmp_path, emb4, corpus):
     built = DenseIndex.build(emb4, tmp_path / "idx", IndexConfig("hnsw", hnsw_m=8))
     loaded = open_index(tmp_path / "idx")
     assert isinstance(loaded, DenseIndex) and loaded.config == built.config
-    assert loaded.encoder_spec == {"model": "hash-encoder", "preset": "test", "normalized": True}
+    assert loaded.encoder_spec == {"model": "hash-encoder", "preset": "test", "normalized": True, "fingerprint": None}
     np.testing.assert_array_equal(built.search_vectors(queries(), 20)[0], loaded.search_vectors(queries(), 20)[0])
     texts = {"q1": corpus["d5"].full_text, "q2": "something else"}
     run = loaded.search(texts, k=5, encoder=HashEncoder(DIM))
@@ -112,8 +112,10 @@ def test_bad_inputs_give_clear_errors(tmp_path, emb4, corpus):
     with pytest.raises(ConfigError, match="no encoder model"):
         DenseIndex.build(anonymous / "emb", anonymous / "idx").search({"q": "text"})
     (tmp_path / "idx" / "shard-00002.faiss").unlink()
-    with pytest.raises(DataFormatError, match="shard-00002 is missing"):
+    with pytest.raises(DataFormatError, match="shard-00002.faiss: missing from the dense index"):
         DenseIndex.load(tmp_path / "idx")
+    with pytest.raises(DataFormatError, match="shard-00002 is missing"):
+        DenseIndex.load(tmp_path / "idx", verify="none")
     manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
     manifest["method"] = "bm25"
     (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
@@ -137,8 +139,8 @@ def test_bad_inputs_give_clear_errors(tmp_path, emb4, corpus):
 
 def test_hybrid_index_fuses_bm25_and_dense_runs(tmp_path, emb4, corpus):
     from nestrank.retrieve.bm25 import BM25Index
-    from nestrank.retrieve.dense_index import HybridIndex
     from nestrank.retrieve.fusion import reciprocal_rank_fusion
+    from nestrank.retrieve.hybrid_index import HybridIndex
 
     HybridIndex.build(corpus, emb4, tmp_path / "hyb", rrf_k=30, fusion_depth=50)
     hybrid = open_index(tmp_path / "hyb")
@@ -150,7 +152,7 @@ def test_hybrid_index_fuses_bm25_and_dense_runs(tmp_path, emb4, corpus):
     expected = reciprocal_rank_fusion([bm25, dense], rrf_k=30, k=10)
     assert run.to_dict() == expected.to_dict()
     assert run.doc_ids("b")[0] == "d42"
-    with pytest.raises(ConfigError, match="not encoded from this corpus"):
+    with pytest.raises(ArtifactError, match="not encoded from the corpus given"):
         HybridIndex.build(make_corpus(599), emb4, tmp_path / "bad")
     with pytest.raises(DataFormatError, match="'hybrid', not 'dense'"):
         DenseIndex.load(tmp_path / "hyb")

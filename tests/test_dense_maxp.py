@@ -14,9 +14,10 @@ from nestrank.errors import ConfigError
 from nestrank.models.maxp import split_document
 from nestrank.models.tiny import byte_tokenizer
 from nestrank.retrieve import build_vector_index, open_index
-from nestrank.retrieve.dense_index import DenseIndex, HybridIndex
+from nestrank.retrieve.dense_index import DenseIndex
 from nestrank.retrieve.embeddings import Embeddings, shard_ranges
 from nestrank.retrieve.encode import encode_corpus
+from nestrank.retrieve.hybrid_index import HybridIndex
 from nestrank.retrieve.manifest import read_manifest
 
 DIM = 16

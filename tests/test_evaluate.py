@@ -59,9 +59,11 @@ def test_per_query_scores_cover_every_judged_query() -> None:
     assert per_query == {"RR@10": {"q1": 0.5, "q2": 1.0, "q3": 0.0}}
 
 
-def test_empty_or_unjudged_runs_score_zero() -> None:
-    assert evaluate(Run(), QRELS, "ndcg@10") == {"nDCG@10": 0.0}
-    assert evaluate(Run({"zz": [("d1", 1.0)]}), QRELS, "ndcg@10") == {"nDCG@10": 0.0}
+def test_empty_or_unjudged_runs_are_errors_not_zeros() -> None:
+    with pytest.raises(ConfigError, match="the run has no queries"):
+        evaluate(Run(), QRELS, "ndcg@10")
+    with pytest.raises(ConfigError, match="none of the 1 queries of the run is judged in the qrels"):
+        evaluate(Run({"zz": [("d1", 1.0)]}), QRELS, "ndcg@10")
     with pytest.raises(ConfigError, match="qrels are empty"):
         evaluate(RUN, Qrels(), "ndcg@10")
 

@@ -10,7 +10,7 @@ import torch
 from helpers import DOCS, QUERY
 from safetensors.torch import load_file, save_file
 
-from nestrank.errors import ConfigError
+from nestrank.errors import ArtifactError, ConfigError
 from nestrank.models.matryoshka import MatryoshkaReranker
 
 
@@ -28,7 +28,7 @@ def trained(tiny_llama_dir):
 
 def test_checkpoint_layout_and_round_trip(trained, tiny_llama_dir, tmp_path):
     ckpt = trained.save_pretrained(tmp_path / "ckpt")
-    assert sorted(p.name for p in ckpt.iterdir()) == ["heads.safetensors", "nestrank.json"]
+    assert sorted(p.name for p in ckpt.iterdir()) == ["checksums.json", "heads.safetensors", "nestrank.json"]
     settings = json.loads((ckpt / "nestrank.json").read_text())
     assert settings["kind"] == "matryoshka"
     assert settings["base_model"] == str(tiny_llama_dir)
@@ -57,11 +57,15 @@ def test_damaged_checkpoints_fail_clearly(trained, tmp_path):
     ckpt = trained.save_pretrained(tmp_path / "ckpt")
     heads = load_file(ckpt / "heads.safetensors")
     save_file({**heads, "heads.9.weight": heads["heads.1.weight"].clone()}, ckpt / "heads.safetensors")
-    with pytest.raises(ConfigError, match="heads.9.weight"):
+    with pytest.raises(ArtifactError, match="heads.safetensors: is 1848 bytes, its checksum record says 1648"):
         MatryoshkaReranker.from_pretrained(str(ckpt), device="cpu")
+    with pytest.raises(ConfigError, match="heads.9.weight"):  # unverified, the layout check still catches it
+        MatryoshkaReranker.from_pretrained(str(ckpt), device="cpu", verify="none")
     (ckpt / "heads.safetensors").unlink()
-    with pytest.raises(ConfigError, match="heads.safetensors"):
+    with pytest.raises(ArtifactError, match="heads.safetensors: missing from the Matryoshka checkpoint"):
         MatryoshkaReranker.from_pretrained(str(ckpt), device="cpu")
+    with pytest.raises(ConfigError, match="heads.safetensors is missing"):
+        MatryoshkaReranker.from_pretrained(str(ckpt), device="cpu", verify="none")
     (ckpt / "nestrank.json").write_text(json.dumps({"kind": "pointwise"}))
     with pytest.raises(ConfigError, match="not a Matryoshka checkpoint"):
         MatryoshkaReranker.from_pretrained(str(ckpt), device="cpu")
@@ -80,8 +84,8 @@ def test_compensation_round_trips_in_the_checkpoint(trained, tmp_path):
         config = "depth=4,compress=2:0.5"
         expected = reranker.score(QUERY, DOCS, config=config)
         out = reranker.save_pretrained(tmp_path / "ckpt")
-        assert sorted(p.name for p in out.iterdir()) == ["compensation.safetensors", "heads.safetensors",
-                                                         "nestrank.json"]
+        assert sorted(p.name for p in out.iterdir()) == ["checksums.json", "compensation.safetensors",
+                                                         "heads.safetensors", "nestrank.json"]
         settings = json.loads((out / "nestrank.json").read_text())
         assert settings["compensation"]["factors"] == [2] and settings["compensation"]["r"] == 2
         loaded = MatryoshkaReranker.from_pretrained(out)
@@ -90,6 +94,6 @@ def test_compensation_round_trips_in_the_checkpoint(trained, tmp_path):
 
         (out / "compensation.safetensors").unlink()
         with pytest.raises(ConfigError, match="compensation.safetensors is missing"):
-            MatryoshkaReranker.from_pretrained(out)
+            MatryoshkaReranker.from_pretrained(out, verify="none")
     finally:
         reranker.set_compensation(None)

@@ -139,8 +139,8 @@ def test_contrastive_loss_goes_down_and_checkpoint_reloads(setup, tmp_path):
     assert all(not any(k.startswith("kl.") for k in r["parts"]) for r in log(out))
     assert all(float(head.bias.abs().max()) == 0.0 for head in trainer.reranker.heads.values())  # biases stay fixed
     final = result.checkpoint
-    assert sorted(p.name for p in final.iterdir()) == ["heads.safetensors", "lora", "nestrank.json", "optimizer.pt",
-                                                       "scheduler.json", "trainer_state.json"]
+    assert sorted(p.name for p in final.iterdir()) == ["checksums.json", "heads.safetensors", "lora", "nestrank.json",
+                                                       "optimizer.pt", "scheduler.json", "trainer_state.json"]
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in (final / "lora").iterdir()}
     loaded = MatryoshkaReranker.from_pretrained(str(final), dtype="float32", device="cpu")
     assert_same_scores(loaded, trainer.reranker, "where is the cat", DOCS)

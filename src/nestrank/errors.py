@@ -36,8 +36,19 @@ class DataFormatError(NestrankError, ValueError):
         super().__init__(message)
 
 
+class ArtifactError(DataFormatError):
+    """An index, embeddings directory or checkpoint is damaged, incomplete, or was built from other inputs.
+
+    Names the file and the fix (usually: rebuild or re-save it), like :class:`DataFormatError`.
+    """
+
+
 class ConfigError(NestrankError, ValueError):
     """A configuration value or string is invalid."""
+
+
+class ArgumentTypeError(NestrankError, TypeError):
+    """An argument of a public function has the wrong type; the message names the parameter and what it takes."""
 
 
 class UnknownIdError(NestrankError, KeyError):

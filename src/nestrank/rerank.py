@@ -26,9 +26,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar
 
+from nestrank.checks import check_corpus_arg, check_text_mapping
 from nestrank.data.corpus import Corpus, Document
 from nestrank.data.run import Run
-from nestrank.errors import ConfigError
+from nestrank.errors import ArgumentTypeError, ConfigError
 from nestrank.journal import ScoreJournal, chunk_inputs
 from nestrank.models.reranker import Reranker, RerankInputError
 from nestrank.models.settings import detect_kind
@@ -42,6 +43,8 @@ P = ParamSpec("P")
 T = TypeVar("T")
 #: Candidates per query reranked when the caller does not say.
 DEFAULT_RERANK_DEPTH = 100
+#: Said with a wrong argument: the usual slip is the order of run, queries and corpus.
+ORDER = "(arguments in another order? the order is run, queries, corpus, reranker)"
 
 __all__ = ["DEFAULT_RERANK_DEPTH", "check_rerank_depth", "check_reranker_config", "detect_kind", "load_reranker",
            "rerank_run", "rerank_run_exits"]
@@ -102,6 +105,10 @@ def rerank_run(
             document missing from ``corpus`` (checked before any scoring).
         ConfigError: ``rerank_depth`` or ``pairs_per_call`` below 1.
     """
+    if not isinstance(reranker, Reranker):
+        raise ArgumentTypeError(f"reranker must be a nestrank Reranker (e.g. load_reranker(name)), got "
+                                f"{type(reranker).__name__} {ORDER}")
+
     def score(pair_queries: list[str], pair_docs: list[Document]) -> list[Sequence[float]]:
         scores = reranker.score(pair_queries, pair_docs, config=config, batch_tokens=batch_tokens)
         if len(scores) != len(pair_docs) or getattr(scores, "ndim", 1) != 1:
@@ -109,6 +116,7 @@ def rerank_run(
                               "(request a single exit in config, or use rerank_run_exits)")
         return [scores]
 
+    _check_arguments(run, queries, corpus, rerank_depth, pairs_per_call)
     settings = {"config": repr(config), "batch_tokens": batch_tokens, "outputs": "single"}
     with _journal(journal, reranker, settings, run, rerank_depth, pairs_per_call) as book:
         return _rerank(run, queries, corpus, score, 1, rerank_depth, pairs_per_call, show_progress, book)[0]
@@ -136,6 +144,11 @@ def rerank_run_exits(
     :func:`rerank_run` calls with ``depth=10/20/30,compress=8:0.5``. Arguments, the ranking of
     documents below ``rerank_depth``, the journal and errors are those of :func:`rerank_run`.
     """
+    if not callable(getattr(reranker, "score_exits", None)):
+        raise ArgumentTypeError(f"reranker must be a MatryoshkaReranker (it scores several exits), got "
+                                f"{type(reranker).__name__}")
+    if isinstance(exits, str) or not all(isinstance(e, int) and not isinstance(e, bool) for e in exits):
+        raise ArgumentTypeError(f"exits must be a list of layer numbers, got {exits!r}")
     layers = sorted(set(exits))
     if not layers:
         raise ConfigError("rerank_run_exits needs at least one exit layer")
@@ -144,6 +157,7 @@ def rerank_run_exits(
         table = reranker.score_exits(pair_queries, pair_docs, layers, config=config, batch_tokens=batch_tokens)
         return [table[layer] for layer in layers]
 
+    _check_arguments(run, queries, corpus, rerank_depth, pairs_per_call)
     settings = {"config": repr(config), "batch_tokens": batch_tokens, "outputs": layers}
     with _journal(journal, reranker, settings, run, rerank_depth, pairs_per_call) as book:
         runs = _rerank(run, queries, corpus, score, len(layers), rerank_depth, pairs_per_call, show_progress, book)
@@ -195,16 +209,25 @@ def _chunks(run: Run, depth: int, pairs_per_call: int) -> list[list[str]]:
     return [chunk for chunk in chunks if chunk]
 
 
+def _check_arguments(run: Run, queries: Mapping[str, str], corpus: Corpus, depth: int, pairs_per_call: int) -> None:
+    """Types and ranges of :func:`rerank_run`'s arguments, naming the one that is wrong (and the order)."""
+    if not isinstance(run, Run):
+        raise ArgumentTypeError(f"run must be a nestrank.data.Run (e.g. Run.read(path) or an index's search()), got "
+                                f"{type(run).__name__} {ORDER}")
+    check_text_mapping(queries, "queries", "{query_id: text}", ORDER.strip("()"))
+    check_corpus_arg(corpus, hint=ORDER.strip("()"))
+    check_rerank_depth(depth)
+    if pairs_per_call < 1:
+        raise ConfigError(f"pairs_per_call must be at least 1, got {pairs_per_call}")
+
+
 @contextlib.contextmanager
 def _journal(path: str | Path | None, reranker: Reranker, settings: dict[str, Any], run: Run, depth: int,
              pairs_per_call: int) -> Iterator[ScoreJournal | None]:
     """The journal at ``path`` for this call (``None`` without a path), checked against everything scores depend on.
 
-    Checks ``depth`` and ``pairs_per_call`` first, journal or not.
+    Checks the arguments first (:func:`_check_arguments`), journal or not.
     """
-    check_rerank_depth(depth)
-    if pairs_per_call < 1:
-        raise ConfigError(f"pairs_per_call must be at least 1, got {pairs_per_call}")
     if path is None:
         yield None
         return

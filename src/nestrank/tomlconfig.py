@@ -35,7 +35,7 @@ def read_toml(path: str | Path, overrides: dict[str, Any] | None = None, what: s
     if not path.is_file():
         raise ConfigError(f"{what} file {path} not found (fix: check the path)")
     try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))  # no newline translation: a bare CR is not TOML
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     for dotted, value in (overrides or {}).items():

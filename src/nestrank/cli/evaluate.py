@@ -18,6 +18,8 @@ def evaluate_command(
                                                "significance tests.", show_default=False)],
     dataset: DatasetOpt = None,
     qrels: QrelsOpt = None,
+    corpus: Annotated[Path | None, typer.Option("--corpus", help="Also check the qrels and runs against this corpus "
+                                                "(warns about judged documents it lacks).")] = None,
     split: SplitOpt = "test",
     metrics: Annotated[str, typer.Option("--metrics", "-m", help="Comma-separated: ndcg@10, recall@100, "
                                          "rr@10 (mrr@10), map, p@10, or ir_measures names.")] = "ndcg@10,recall@100,rr@10",
@@ -65,7 +67,9 @@ def evaluate_command(
     names = [path.name for path in runs]
     if not as_json and len(set(names)) == len(names):  # the table shows short names when unambiguous
         loaded = dict(zip(names, loaded.values(), strict=True))
-    comparison = compare_runs(loaded, judgements, metrics, rel=rel, test=test, alpha=alpha)  # type: ignore[arg-type]
+    documents = open_dataset(dataset, corpus=corpus).open_corpus(on_empty="skip") if corpus is not None else None
+    comparison = compare_runs(loaded, judgements, metrics, rel=rel, test=test, alpha=alpha,  # type: ignore[arg-type]
+                              corpus=documents)
     costs = _costs(dict(zip(loaded, runs, strict=True)))
     if as_json:
         typer.echo(json.dumps({run: {**means, **costs.get(run, {})} for run, means in comparison.means.items()}))

@@ -108,7 +108,8 @@ def index_command(
         from nestrank.retrieve.build import build_vector_index
 
         built = build_vector_index(
-            method, out, lambda: open_dataset(dataset, corpus=corpus).corpus, embeddings=embeddings, model=model,
+            method, out, (lambda: open_dataset(dataset, corpus=corpus).corpus) if dataset or corpus else None,
+            embeddings=embeddings, model=model,
             preset=preset, config=IndexConfig(**given(index_type=index_type, hnsw_m=hnsw_m, ef_construction=ef_construction,
                                        ef_search=ef_search, nlist=nlist, nprobe=nprobe, pq_m=pq_m, pq_nbits=pq_nbits)),
             bm25_params=bm25, doc_mode=doc_mode, stride=stride, passage_tokens=passage_tokens, progress=progress,
@@ -130,6 +131,8 @@ def search_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="TREC run file to write.", show_default=False)],
     dataset: DatasetOpt = None,
     queries: QueriesOpt = None,
+    corpus: Annotated[Path | None, typer.Option("--corpus", help="Check that the index was built from this corpus "
+                                                "(a .jsonl or .tsv file, or a TREC collection).")] = None,
     split: SplitOpt = "test",
     k: Annotated[int, typer.Option("--k", "-k", min=1, help="Results per query.")] = 100,
     threads: Annotated[int, typer.Option("--threads", min=-1, help="Scoring threads (0: calling thread, -1: one per "
@@ -141,11 +144,11 @@ def search_command(
     from nestrank.retrieve.index import open_index
 
     check_output(out)
-    ds = open_dataset(dataset, queries=queries, split=split)
+    ds = open_dataset(dataset, corpus=corpus, queries=queries, split=split)
     # explicit --queries: search all of them; otherwise the queries judged in --split
     query_set = ds.queries if queries is not None else ds.split_queries(split)
     start = time.perf_counter()
-    loaded = open_index(index)
+    loaded = open_index(index, corpus=ds.open_corpus(on_empty="skip") if corpus is not None else None)
     run = loaded.search(query_set, k=k, threads=threads)
     seconds = time.perf_counter() - start
     run.write_trec(out, tag=tag)

@@ -22,9 +22,10 @@ from typing import Literal
 
 import numpy as np
 
+from nestrank.checks import check_iterable, check_path
 from nestrank.data.document import Document
 from nestrank.data.lines import decode_line, one_line, parse_json_object
-from nestrank.errors import DataFormatError, UnknownIdError
+from nestrank.errors import ArgumentTypeError, DataFormatError, UnknownIdError
 from nestrank.files import atomic_write
 
 ID_KEYS = ("_id", "id", "docid", "doc_id")
@@ -36,16 +37,19 @@ READ_FORMATS = (*CORPUS_FORMATS, "trec")
 
 
 def detect_format(path: Path) -> str:
-    """Guess a file's format: ``jsonl`` or ``tsv`` from the suffix; ``trec`` (SGML) for a directory, a
-    ``.sgml``/``.trec``/``.gz`` file or an existing file whose first line starts with ``<``."""
+    """Guess a file's format: ``jsonl`` or ``tsv`` from the suffix (``.jsonl``/``.json``, ``.tsv``); ``trec``
+    (SGML) for a directory, a ``.sgml``/``.trec``/``.gz`` file or another existing file (``.txt``, no suffix)
+    whose first line starts with ``<``; ``tsv`` for other ``.txt`` files."""
     suffix = path.suffix.lower()
     if path.is_dir() or suffix in (".sgml", ".trec", ".gz", ".z"):
         return "trec"
     if suffix in (".jsonl", ".json"):
         return "jsonl"
+    if suffix == ".tsv":
+        return "tsv"
     if path.is_file() and _first_line(path).startswith(b"<"):
         return "trec"
-    if suffix in (".tsv", ".txt"):
+    if suffix == ".txt":
         return "tsv"
     raise DataFormatError(path, None, f"cannot tell the format of a {suffix or 'suffix-less'} file",
                           "name it .jsonl or .tsv, or pass the format explicitly")
@@ -74,7 +78,8 @@ def parse_document(raw: bytes, fmt: str, path: Path | str | None, line_no: int) 
         if text is None:
             raise DataFormatError(path, line_no, f"document {doc_id!r} has no 'text' field",
                                   "add a 'text' (or 'contents') field")
-        title = obj.get("title") or ""
+        title = obj.get("title")
+        title = "" if title is None else title
         if not isinstance(text, str) or not isinstance(title, str):
             raise DataFormatError(path, line_no, f"document {doc_id!r}: title and text must be strings",
                                   "store title and text as JSON strings")
@@ -144,7 +149,7 @@ class Corpus:
         ``on_empty="error"`` (default) rejects documents whose title and text are both
         empty; ``"skip"`` leaves them out.
         """
-        path = Path(path)
+        path = Path(check_path(path, "path"))
         if not path.exists():
             raise DataFormatError(path, None, "corpus file not found",
                                   "check the path (a .jsonl or .tsv file, or a TREC collection)")
@@ -154,6 +159,9 @@ class Corpus:
 
             corpus = cls.from_documents(iter_trec_documents(path), on_empty)
             corpus.path, corpus.fmt = path, fmt
+            if not corpus.ids:
+                raise DataFormatError(path, None, "corpus has no documents (no <DOC>...</DOC>)",
+                                      "give a TREC collection with at least one document")
             return corpus
         if not path.is_file():
             raise DataFormatError(path, None, f"a directory, but format {fmt!r} is read from one file",
@@ -179,9 +187,13 @@ class Corpus:
     @classmethod
     def from_documents(cls, docs: Iterable[Document], on_empty: OnEmpty = "error") -> Corpus:
         """An in-memory corpus from :class:`Document` objects."""
+        check_iterable(docs, "docs", "nestrank.data.Document objects")
         corpus = cls()
         corpus._docs = []
         for position, doc in enumerate(docs, 1):
+            if not isinstance(doc, Document):
+                raise ArgumentTypeError(f"docs: item {position} is a {type(doc).__name__}, not a "
+                                        "nestrank.data.Document (fix: Document(id, text, title))")
             if corpus._accept(doc, None, position, on_empty):
                 corpus._docs.append(doc)
         return corpus

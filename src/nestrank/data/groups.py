@@ -123,7 +123,8 @@ def _parse_group(obj: dict, fmt: str, path: Path, line_no: int, corpus: Corpus |
     pos_scores = neg_scores = None
     if fmt == "tevatron-ids":
         query_id = _id(obj.get("query_id"), "query_id", fail)
-        query = obj.get("query_text") or ""
+        query = obj.get("query_text")
+        query = "" if query is None else query
         if not isinstance(query, str):
             raise fail("'query_text' must be a string", "write the query text as a JSON string")
         if not query:
@@ -203,10 +204,14 @@ def _passages(obj: dict, key: str, fail: _Fail, required: bool) -> tuple[list[Do
         if not isinstance(passage, dict) or not isinstance(passage.get("text"), str):
             raise fail(f"{key}[{position}] is not an object with a string 'text'",
                        'write passages as {"docid": "...", "title": "...", "text": "..."}')
-        title = passage.get("title") or ""
+        title = passage.get("title")
+        title = "" if title is None else title
         if not isinstance(title, str):
             raise fail(f"{key}[{position}] has a non-string 'title'", "write the title as a JSON string")
-        doc_id = passage.get("docid", "")
+        doc_id = passage.get("docid")
+        if doc_id is not None and (isinstance(doc_id, bool) or not isinstance(doc_id, str | int)):
+            raise fail(f"{key}[{position}] has a 'docid' that is neither a string nor an integer",
+                       "write the document id as a JSON string")
         docs.append(Document("" if doc_id is None else str(doc_id), passage["text"], title))
         scores.append(passage.get("score"))
     if not docs or any(s is None for s in scores):

@@ -8,6 +8,7 @@ so a file that is not UTF-8 fails the same way everywhere: a
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Literal
@@ -15,6 +16,9 @@ from typing import Literal
 from nestrank.errors import DataFormatError
 
 _CELL_BREAKS = str.maketrans({"\t": " ", "\r": " ", "\n": " "})
+#: Numbers as data files write them: ASCII digits only (Python's int() and float() also take "1_000" and "٣").
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)", re.IGNORECASE)
 #: What :func:`check_ids` says about an unknown document: (verb, counted item, fix) per file kind.
 _UNKNOWN_DOCUMENT = {
     "qrels": ("judges", "judgement", "check that qrels and corpus match"),
@@ -55,6 +59,16 @@ def parse_json_object(line: str, path: Path | str | None, line_no: int) -> dict:
         raise DataFormatError(path, line_no, f"expected a JSON object per line, got {type(obj).__name__}",
                               "write one JSON object ({...}) per line")
     return obj
+
+
+def parse_int(text: str) -> int | None:
+    """``text`` as an integer when it is one written in ASCII digits (``-2``, ``+1``, ``17``), else ``None``."""
+    return int(text) if _INT.fullmatch(text) else None
+
+
+def parse_float(text: str) -> float | None:
+    """``text`` as a float when it is a plain decimal number (``1``, ``-0.5``, ``2e-3``, ``inf``, ``nan``), else ``None``."""
+    return float(text) if _FLOAT.fullmatch(text) else None
 
 
 def one_line(text: str) -> str:

@@ -8,10 +8,12 @@ TREC collections judge spam as -1) and count as non-relevant.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from numbers import Integral
 from pathlib import Path
 
-from nestrank.data.lines import check_ids, check_token, iter_lines
-from nestrank.errors import DataFormatError
+from nestrank.checks import check_mapping
+from nestrank.data.lines import check_ids, check_token, iter_lines, parse_int
+from nestrank.errors import ArgumentTypeError, DataFormatError
 from nestrank.files import atomic_write
 
 
@@ -19,7 +21,15 @@ class Qrels(Mapping[str, dict[str, int]]):
     """Judgements per query. ``qrels[qid]`` is ``{doc_id: grade}``."""
 
     def __init__(self, judgements: Mapping[str, Mapping[str, int]] | None = None, path: Path | None = None) -> None:
-        self._j: dict[str, dict[str, int]] = {q: dict(d) for q, d in (judgements or {}).items()}
+        check_mapping(judgements or {}, "judgements", "a mapping {query_id: {doc_id: grade}}")
+        self._j: dict[str, dict[str, int]] = {}
+        for qid, docs in (judgements or {}).items():
+            check_mapping(docs, f"judgements[{qid!r}]", "a mapping {doc_id: grade}")
+            bad = next(((d, g) for d, g in docs.items() if isinstance(g, bool) or not isinstance(g, Integral)), None)
+            if bad is not None:
+                raise ArgumentTypeError(f"judgements[{qid!r}][{bad[0]!r}]: the grade {bad[1]!r} is not an integer "
+                                        "(grades are integers: 0 = not relevant, 1+ = relevant)")
+            self._j[str(qid)] = {str(d): int(g) for d, g in docs.items()}
         self.path = path
 
     def __getitem__(self, query_id: str) -> dict[str, int]:
@@ -48,16 +58,16 @@ class Qrels(Mapping[str, dict[str, int]]):
         """Read a qrels file; the layout (3-column TSV or 4-column TREC) is detected per file.
 
         A first line whose grade column is not an integer (BEIR's ``query-id corpus-id score``)
-        is taken as a header and skipped.
+        is taken as a header and skipped (only the first: a later one is an error).
         """
         path = Path(path)
         if not path.is_file():
             raise DataFormatError(path, None, "qrels file not found", "check the path (BEIR .tsv or TREC qrels)")
         judgements: dict[str, dict[str, int]] = {}
         columns = None
-        for line_no, line in iter_lines(path):
+        for number, (line_no, line) in enumerate(iter_lines(path)):
             parts = line.split()
-            if columns is None and len(parts) == 3 and not _is_int(parts[2]):
+            if number == 0 and len(parts) == 3 and not _is_int(parts[2]):
                 continue  # BEIR header: query-id corpus-id score
             if columns is None:
                 columns = len(parts)
@@ -111,8 +121,4 @@ class Qrels(Mapping[str, dict[str, int]]):
 
 
 def _is_int(text: str) -> bool:
-    try:
-        int(text)
-    except ValueError:
-        return False
-    return True
+    return parse_int(text) is not None

@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
+from nestrank.checks import check_text_mapping
 from nestrank.data.corpus import ID_KEYS, detect_format
 from nestrank.data.lines import iter_lines, one_line, parse_json_object
 from nestrank.errors import DataFormatError, UnknownIdError
@@ -15,7 +16,7 @@ class Queries(Mapping[str, str]):
     """An ordered mapping of query id to query text."""
 
     def __init__(self, items: Mapping[str, str] | None = None, path: Path | None = None) -> None:
-        self._items: dict[str, str] = dict(items or {})
+        self._items: dict[str, str] = dict(check_text_mapping(items or {}, "items", "{query_id: text}"))
         self.path = path
 
     def __getitem__(self, query_id: str) -> str:
@@ -55,6 +56,8 @@ class Queries(Mapping[str, str]):
         first_line: dict[str, int] = {}
         for line_no, line in iter_lines(path):
             qid, text = _parse(line, fmt, path, line_no)
+            if not qid.strip():
+                raise DataFormatError(path, line_no, "empty query id", "give every query a non-empty id")
             if qid in items:
                 raise DataFormatError(path, line_no, f"duplicate query id {qid!r} (first at line {first_line[qid]})",
                                       "give every query a unique id")

@@ -11,9 +11,11 @@ import math
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 
-from nestrank.data.lines import check_ids, check_token, iter_lines
-from nestrank.errors import DataFormatError
+from nestrank.checks import check_mapping
+from nestrank.data.lines import check_ids, check_token, iter_lines, parse_float, parse_int
+from nestrank.errors import ArgumentTypeError, DataFormatError
 from nestrank.files import atomic_write
+from nestrank.integrity import warn_once
 
 
 def _rank_key(item: tuple[str, float]) -> tuple[float, _Desc]:
@@ -42,19 +44,35 @@ class Run(Mapping[str, list[tuple[str, float]]]):
     def __init__(self, ranked: Mapping[str, Iterable[tuple[str, float]]] | None = None) -> None:
         self._ranked: dict[str, list[tuple[str, float]]] = {}
         self.path: Path | None = None  # the file it was read from, if any (for error messages)
+        check_mapping(ranked or {}, "ranked", "a mapping {query_id: [(doc_id, score), ...]}")
         for qid, items in (ranked or {}).items():
             self.add(qid, items)
 
     # -- construction -------------------------------------------------------------------
-    def add(self, query_id: str, items: Iterable[tuple[str, float]]) -> None:
-        """Set the results of one query from ``(doc_id, score)`` pairs, in any order."""
-        pairs = [(str(doc), float(score)) for doc, score in items]
+    def add(self, query_id: str, items: Iterable[tuple[str, float]] | Mapping[str, float]) -> None:
+        """Set the results of one query from ``(doc_id, score)`` pairs (or ``{doc_id: score}``), in any order.
+
+        Raises:
+            ArgumentTypeError: ``items`` are not pairs of an id and a number.
+            DataFormatError: a document appears twice, or has a NaN score.
+        """
+        if isinstance(items, Mapping):
+            items = items.items()
+        try:
+            if isinstance(items, str | bytes):
+                raise TypeError
+            pairs = [(str(doc), float(score)) for doc, score in items]
+        except (TypeError, ValueError):
+            raise ArgumentTypeError(f"the results of query {query_id!r} must be (doc_id, score) pairs or "
+                                    f"{{doc_id: score}}, got {type(items).__name__} {str(items)[:60]!r}") from None
         seen: set[str] = set()
         for doc, score in pairs:
             if doc in seen:
-                raise ValueError(f"query {query_id!r}: document {doc!r} appears twice in the run")
+                raise DataFormatError(None, None, f"query {query_id!r}: document {doc!r} appears twice in the run",
+                                      "keep one score per (query, document)")
             if math.isnan(score):
-                raise ValueError(f"query {query_id!r}: document {doc!r} has a NaN score")
+                raise DataFormatError(None, None, f"query {query_id!r}: document {doc!r} has a NaN score",
+                                      "fix the model or scoring that produced NaN")
             seen.add(doc)
         self._ranked[str(query_id)] = sorted(pairs, key=_rank_key)
 
@@ -115,10 +133,14 @@ class Run(Mapping[str, list[tuple[str, float]]]):
         """Read a TREC run file (``qid Q0 docid rank score tag``, whitespace separated).
 
         The file's rank column is ignored: documents are ordered by score (ties by doc id
-        descending), exactly as trec_eval orders them.
+        descending), exactly as trec_eval orders them. A file whose rank column runs against
+        its scores in every query (scores that rise with the rank: distances, not similarities)
+        is refused, since every metric would be computed on the reversed ranking; when only some
+        queries do, a warning says so.
         """
         path = Path(path)
         scores: dict[str, dict[str, float]] = {}
+        ranks: dict[str, list[tuple[str, float]]] = {}
         for line_no, line in _lines(path):
             parts = line.split()
             if len(parts) != 6:
@@ -127,14 +149,15 @@ class Run(Mapping[str, list[tuple[str, float]]]):
                     "write one result per line in TREC run format",
                 )
             qid, _, doc, _, score_text, _ = parts
-            try:
-                score = float(score_text)
-            except ValueError:
+            score = parse_float(score_text)
+            if score is None:
                 raise DataFormatError(path, line_no, f"score {score_text!r} is not a number",
-                                      "the 5th column must be a number") from None
+                                      "the 5th column must be a number")
             if math.isnan(score):
                 raise DataFormatError(path, line_no, "score is NaN", "fix the model or scoring that produced NaN")
             _put(scores, qid, doc, score, path, line_no)
+            ranks.setdefault(qid, []).append((parts[3], score))
+        _check_rank_order(path, ranks)
         return cls._from_file(scores, path)
 
     @classmethod
@@ -142,16 +165,23 @@ class Run(Mapping[str, list[tuple[str, float]]]):
         """Read an MS MARCO run TSV (``qid<TAB>docid<TAB>rank``); the score becomes ``1 / rank``."""
         path = Path(path)
         scores: dict[str, dict[str, float]] = {}
+        seen: dict[str, set[int]] = {}
         for line_no, line in _lines(path):
             parts = line.split()
             if len(parts) != 3:
                 raise DataFormatError(path, line_no, f"expected 3 columns 'qid docid rank', got {len(parts)}",
                                       "write one 'qid<TAB>docid<TAB>rank' per line")
             qid, doc, rank_text = parts
-            if not rank_text.isdigit() or int(rank_text) < 1:
+            rank = parse_int(rank_text)
+            if rank is None or rank < 1:
                 raise DataFormatError(path, line_no, f"rank {rank_text!r} is not a positive integer",
                                       "ranks start at 1")
-            _put(scores, qid, doc, 1.0 / int(rank_text), path, line_no)
+            if rank in seen.setdefault(qid, set()):
+                raise DataFormatError(path, line_no, f"rank {rank} appears twice for query {qid!r}: the "
+                                      "third column must hold ranks (1, 2, ...), not scores",
+                                      "write distinct ranks per query, or a TREC run (6 columns) to keep scores")
+            seen[qid].add(rank)
+            _put(scores, qid, doc, 1.0 / rank, path, line_no)
         return cls._from_file(scores, path)
 
     @classmethod
@@ -187,6 +217,34 @@ def _lines(path: Path) -> Iterator[tuple[int, str]]:
     if not path.is_file():
         raise DataFormatError(path, None, "run file not found", "check the path of the run file")
     return iter_lines(path)
+
+
+def _check_rank_order(path: Path, ranks: dict[str, list[tuple[str, float]]]) -> None:
+    """Refuse a run whose rank column runs against its scores in every query; warn when some queries do.
+
+    Only queries with distinct integer ranks and at least two different scores count.
+    """
+    inverted = ordered = 0
+    example = None
+    for qid, rows in ranks.items():
+        numbered = [(parse_int(r), score) for r, score in rows]
+        if len({score for _, score in rows}) < 2 or any(r is None for r, _ in numbered) \
+                or len({r for r, _ in numbered}) != len(rows):
+            continue
+        by_rank = [score for _, score in sorted(numbered)]
+        if all(a <= b for a, b in zip(by_rank, by_rank[1:], strict=False)):
+            inverted += 1
+            example = example or qid
+        else:
+            ordered += 1
+    if not inverted:
+        return
+    problem = (f"in {inverted} of {inverted + ordered} queries (e.g. {example!r}) the score rises with the rank "
+               "column, but rankings follow the scores (higher is better, as trec_eval reads them)")
+    fix = "write scores where higher means more relevant (negate distances), ranked 1, 2, ... best first"
+    if not ordered:
+        raise DataFormatError(path, None, problem + ": every ranking would be read upside down", fix)
+    warn_once(f"rank-order:{path.resolve()}", f"warning: {path}: {problem} (fix: {fix})")
 
 
 def _put(scores: dict[str, dict[str, float]], qid: str, doc: str, score: float, path: Path, line_no: int) -> None:

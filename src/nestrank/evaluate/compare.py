@@ -6,8 +6,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from nestrank.checks import check_int
 from nestrank.data import Qrels, Run
-from nestrank.errors import ConfigError
+from nestrank.errors import ArgumentTypeError, ConfigError
 from nestrank.evaluate.metrics import DEFAULT_METRICS, evaluate_per_query
 
 Test = Literal["t", "permutation"]
@@ -106,21 +107,31 @@ class Comparison:
 
 def compare_runs(runs: Mapping[str, Run], qrels: Qrels | Mapping[str, Mapping[str, int]],
                  metrics: str | Sequence[str] = DEFAULT_METRICS, rel: int = 1, baseline: str | None = None,
-                 test: Test = "t", alpha: float = 0.05, n_resamples: int = 10_000, seed: int = 0) -> Comparison:
+                 test: Test = "t", alpha: float = 0.05, n_resamples: int = 10_000, seed: int = 0, *,
+                 corpus: Any = None) -> Comparison:
     """Evaluate several named runs and test each against ``baseline`` (default: the first).
 
     Per-query scores follow :func:`~nestrank.evaluate.metrics.evaluate_per_query`: every
     judged query counts (0 when a run lacks it), so all runs are paired on the same queries.
+    Each run is cross-checked against the qrels (and ``corpus`` when given), see
+    :mod:`nestrank.evaluate.checks`.
     """
+    if isinstance(runs, Run) or not isinstance(runs, Mapping):
+        raise ArgumentTypeError(f"runs must be a mapping {{name: Run}}, got {type(runs).__name__} (fix: "
+                                "{'bm25': run})")
     if not runs:
         raise ConfigError("compare_runs needs at least one run")
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
+        raise ConfigError(f"alpha (the significance level) must lie strictly between 0 and 1, got {alpha!r}")
+    check_int(n_resamples, "n_resamples")
     names = list(runs)
     baseline = names[0] if baseline is None else baseline
     if baseline not in runs:
         raise ConfigError(f"baseline {baseline!r} is not one of the runs: {', '.join(names)}")
     if test not in ("t", "permutation"):
         raise ConfigError(f"unknown significance test {test!r}; choose 't' or 'permutation'")
-    per_query = {name: evaluate_per_query(run, qrels, metrics, rel) for name, run in runs.items()}
+    per_query = {name: evaluate_per_query(run, qrels, metrics, rel, corpus=corpus, name=str(name))
+                 for name, run in runs.items()}
     metric_names = list(per_query[baseline])
     means = {name: {m: sum(v.values()) / len(v) for m, v in scores.items()} for name, scores in per_query.items()}
     testable = len(next(iter(per_query[baseline].values()))) >= 2  # a paired test needs two queries

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from nestrank.errors import ConfigError
+from nestrank.integrity import format_errors
 from nestrank.models.presets import PRESETS, preset_path
 
 if TYPE_CHECKING:
@@ -325,7 +326,7 @@ def _load_model(source: BackboneSource, task: Task, dtype: torch.dtype, device: 
         kwargs["gguf_file"] = source.gguf_file
     try:
         return auto.from_pretrained(source.path, **kwargs)
-    except (OSError, ValueError) as exc:
+    except format_errors() as exc:  # also a damaged safetensors or GGUF file
         where = "" if source.is_local else " (not a local path: it was looked up on the Hugging Face hub)"
         raise ConfigError(f"cannot load model {source.name!r}{where}: {exc}") from None
 
@@ -353,7 +354,7 @@ def _apply_adapter(model: PreTrainedModel, adapter: str, merge: bool) -> PreTrai
     try:
         peft_model = PeftModel.from_pretrained(model, adapter)
         saved = load_peft_weights(adapter, device="cpu")
-    except (OSError, ValueError, KeyError) as exc:
+    except format_errors() as exc:  # also a damaged adapter_model.safetensors
         raise ConfigError(f"cannot apply PEFT adapter {adapter}: {exc}") from None
     # save_embedding_layers=True: a superset of keys, and no hub look-up of the base's config
     expected = set(get_peft_model_state_dict(peft_model, save_embedding_layers=True))

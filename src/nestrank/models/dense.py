@@ -18,19 +18,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from nestrank.checks import check_texts
 from nestrank.data.corpus import Document
-from nestrank.errors import ConfigError, DataFormatError
+from nestrank.errors import ArgumentTypeError, ConfigError, DataFormatError
 from nestrank.models.backbone import check_special_tokens
 from nestrank.models.batching import map_batches
 from nestrank.models.pooling import POOLINGS, Pooling, pool
-from nestrank.models.settings import SETTINGS_FILE, read_settings
+from nestrank.models.settings import SETTINGS_FILE, read_settings, verify_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -134,16 +135,21 @@ class DenseEncoder:
     def from_pretrained(cls, name_or_path: str | Path, preset: str | None = None, *, dtype: str = "auto",
                         device: str | None = None, merge_lora: bool = True, batch_tokens: int | None = None,
                         show_progress: bool = True, load_options: dict[str, Any] | None = None,
-                        **overrides: Any) -> DenseEncoder:
+                        verify: str = "fast", **overrides: Any) -> DenseEncoder:
         """Load a backbone with :func:`load_backbone` and wrap it.
 
         ``preset`` defaults to ``minilm`` for the ``minilm-l6`` backbone and ``repllama``
         otherwise; ``overrides`` replace preset fields (e.g. ``passage_max_length=128``).
         ``load_options`` go to :func:`load_backbone` (e.g. ``{"base_model": ...}``). LoRA
-        adapters are merged by default, since encoding never trains.
+        adapters are merged by default, since encoding never trains. A checkpoint nestrank
+        wrote is checked against its ``checksums.json`` first (``verify``: ``fast``, ``full`` or
+        ``none``; see :mod:`nestrank.integrity`).
         """
         from nestrank.models.backbone import load_backbone
 
+        if not isinstance(name_or_path, str | Path):
+            raise ArgumentTypeError(f"name_or_path must be a model name or path, got {type(name_or_path).__name__}")
+        verify_checkpoint(name_or_path, verify, what="encoder checkpoint", base=(load_options or {}).get("base_model"))
         config = cls.config_for(name_or_path, preset, **overrides)
         model, tokenizer = load_backbone(name_or_path, task="base", dtype=dtype, device=device,
                                          merge_lora=merge_lora, **(load_options or {}))
@@ -217,11 +223,14 @@ class DenseEncoder:
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
         """Encode query texts: ``(len(texts), dim)`` float32, in input order."""
-        texts = [_checked_text(t, i, "query") for i, t in enumerate(texts)]
+        texts = [_checked_text(t, i, "query") for i, t in enumerate(check_texts(texts, "texts", "query texts"))]
         return self._encode([self.config.query_prefix + t for t in texts], self.config.query_max_length, "query")
 
     def encode_passages(self, docs: Sequence[Document | str]) -> np.ndarray:
         """Encode passages (``Document``: ``title text``; or plain strings), in input order."""
+        if isinstance(docs, str | Document | Mapping) or not isinstance(docs, Iterable):
+            raise ArgumentTypeError(f"docs must be a list of documents or passage texts, got {type(docs).__name__}"
+                                    + (" (fix: wrap it in a list)" if isinstance(docs, str | Document) else ""))
         texts = [_checked_text(d.full_text if isinstance(d, Document) else d, i, "passage", d)
                  for i, d in enumerate(docs)]
         return self._encode([self.config.passage_prefix + t for t in texts], self.config.passage_max_length,

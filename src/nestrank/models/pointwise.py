@@ -29,11 +29,12 @@ import numpy as np
 
 from nestrank.data.corpus import Document
 from nestrank.errors import ConfigError
+from nestrank.integrity import reading
 from nestrank.models.backbone import check_special_tokens
 from nestrank.models.batching import map_batches
 from nestrank.models.pooling import last_token_index
 from nestrank.models.reranker import Reranker
-from nestrank.models.settings import SETTINGS_FILE, adapter_task, detect_kind, read_settings
+from nestrank.models.settings import RESAVE, SETTINGS_FILE, adapter_task, detect_kind, read_settings, verify_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -112,18 +113,22 @@ class PointwiseReranker(Reranker):
         merge_lora: bool = False,
         base_model: str | None = None,
         attn_implementation: str | None = "sdpa",
+        verify: str = "fast",
         **kwargs: Any,
     ) -> PointwiseReranker:
         """Load a sequence-classification checkpoint or a RankLLaMA-layout PEFT adapter.
 
         ``base_model`` replaces the adapter's ``base_model_name_or_path`` (e.g. a local copy
         of Llama-2-7b); ``merge_lora`` merges the adapter for faster inference; other keyword
-        arguments go to the constructor (``max_length``, templates, ``max_batch_size``).
+        arguments go to the constructor (``max_length``, templates, ``max_batch_size``). A
+        checkpoint nestrank wrote is checked against its ``checksums.json`` first (``verify``:
+        ``fast``, ``full`` or ``none``; see :mod:`nestrank.integrity`).
         """
         from nestrank.models.backbone import load_backbone, resolve_source
 
         source = resolve_source(name_or_path, base_model=base_model)
         saved = _saved_settings(Path(source.adapter or source.path))  # first: a nestrank.json of another kind
+        verify_checkpoint(source.adapter or source.path, verify, what="pointwise reranker checkpoint", base=base_model)
         if source.adapter:
             _check_seq_cls_adapter(Path(source.adapter))
         elif Path(source.path).is_dir() and detect_kind(source.path) != "pointwise":
@@ -232,7 +237,7 @@ def _check_seq_cls_adapter(adapter: Path) -> None:
     if weights.is_file():
         from safetensors import safe_open
 
-        with safe_open(str(weights), framework="pt") as handle:
+        with reading(weights, "adapter weights", RESAVE), safe_open(str(weights), framework="pt") as handle:
             has_head = any(".score." in key or key.startswith("score.") for key in handle.keys())  # noqa: SIM118
         if not has_head:
             raise ConfigError(f"{weights} holds no score head weights; save the adapter with "

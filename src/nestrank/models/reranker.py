@@ -12,14 +12,15 @@ configuration, engines without run-time configurations reject anything but ``Non
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from nestrank.checks import check_int
 from nestrank.data.corpus import Document
-from nestrank.errors import ConfigError, NestrankError
+from nestrank.errors import ArgumentTypeError, ConfigError, NestrankError
 
 
 class RerankInputError(NestrankError, ValueError):
@@ -80,8 +81,8 @@ class Reranker(ABC):
         if not isinstance(query, str):
             raise RerankInputError(f"rank() takes one query string, got {type(query).__name__} "
                                    "(use score() with one query per document for several queries)")
-        if top_k is not None and top_k < 1:
-            raise ConfigError(f"top_k must be a positive integer, got {top_k}")
+        if top_k is not None:
+            check_int(top_k, "top_k")
         if not isinstance(documents, str | Document):
             documents = list(documents)  # a generator would be consumed twice
         _, docs = self.pairs(query, documents)
@@ -105,6 +106,12 @@ class Reranker(ABC):
         """
         if isinstance(documents, str | Document):
             raise RerankInputError("documents must be a sequence of documents, not a single one (wrap it in a list)")
+        if isinstance(documents, Mapping) or not isinstance(documents, Iterable):
+            raise ArgumentTypeError(f"documents must be a list of documents (str or nestrank.data.Document), got "
+                                    f"{type(documents).__name__}")
+        if not isinstance(queries, str) and (isinstance(queries, Mapping) or not isinstance(queries, Iterable)):
+            raise ArgumentTypeError(f"queries must be one query string, or a list with one per document, got "
+                                    f"{type(queries).__name__}")
         documents = list(documents)
         if not documents:
             raise RerankInputError("no documents to score (give at least one document)")

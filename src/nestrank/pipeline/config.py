@@ -40,6 +40,7 @@ reads a file; :class:`PipelineConfig` can also be built in Python.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,11 +98,12 @@ class FirstStageSection:
         if self.stride is not None and self.doc_mode != "maxp":
             raise ConfigError(f"{where}: first_stage.stride applies to doc_mode = \"maxp\" only (fix: set doc_mode "
                               "= \"maxp\" or drop stride)")
-        if not self.rrf_k >= 0:
-            raise ConfigError(f"{where}: first_stage.rrf_k must be >= 0, got {self.rrf_k}")
-        if self.weights is not None and (len(self.weights) != 2 or any(w < 0 for w in self.weights)):
-            raise ConfigError(f"{where}: first_stage.weights must be two non-negative numbers [bm25, dense], got "
-                              f"{self.weights}")
+        if not (math.isfinite(self.rrf_k) and self.rrf_k >= 0):
+            raise ConfigError(f"{where}: first_stage.rrf_k must be a finite number >= 0, got {self.rrf_k}")
+        if self.weights is not None and (len(self.weights) != 2 or not all(math.isfinite(w) and w >= 0
+                                                                           for w in self.weights)):
+            raise ConfigError(f"{where}: first_stage.weights must be two finite non-negative numbers [bm25, dense], "
+                              f"got {self.weights}")
 
 
 @dataclass

@@ -64,7 +64,7 @@ class FirstStage:
                 raise ConfigError(f"first_stage.index {path} does not exist and there is no corpus to build it from "
                                   "(fix: give --dataset, or build it with `nestrank index`)")
             _build(section, path, corpus, progress)
-        index = open_index(path)
+        index = open_index(path, corpus=corpus)  # refuses an index built from another corpus
         built = _method_of(index)
         if method != "bm25":
             _check_segmentation(section, path, index)

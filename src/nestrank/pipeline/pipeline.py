@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nestrank.checks import check_k, check_text_mapping
 from nestrank.data import Corpus, Run
-from nestrank.errors import ConfigError
+from nestrank.errors import ArgumentTypeError, ConfigError
 from nestrank.pipeline.config import PipelineConfig, load_pipeline_config
 from nestrank.pipeline.first_stage import FirstStage
 from nestrank.pipeline.rerank_stage import RerankStage
@@ -116,6 +117,7 @@ class Pipeline:
 
     def search(self, queries: Mapping[str, str], *, show_progress: bool = False) -> PipelineResult:
         """Run every stage over ``{query_id: text}``; returns the final run with the costs of each stage."""
+        check_text_mapping(queries, "queries", "{query_id: text}", "for one query, use ask(text)")
         if not queries:
             raise ConfigError("the pipeline got no queries")
         clock = time.perf_counter()
@@ -130,8 +132,12 @@ class Pipeline:
 
     def ask(self, query: str, k: int = 10) -> list[Hit]:
         """The top ``k`` documents for one ad-hoc query, with their titles and texts."""
-        if not isinstance(query, str) or not query.strip():
+        if not isinstance(query, str):
+            raise ArgumentTypeError(f"query must be one query string, got {type(query).__name__} (for several "
+                                    "queries, use search({query_id: text}))")
+        if not query.strip():
             raise ConfigError("ask() needs a non-empty query string")
+        check_k(k)
         result = self.search({"q": query})
         hits = []
         for doc_id, score in result.run["q"][:k]:

@@ -27,6 +27,7 @@ from typing import Any
 
 from nestrank.data import Corpus, Qrels, Queries, Run
 from nestrank.errors import ConfigError
+from nestrank.integrity import CHECKSUMS_FILE, write_checksums
 from nestrank.pipeline.frontier import TunePoint, choose_profiles, plot_points, write_points_csv
 from nestrank.pipeline.interpolate import WEIGHT_GRID, interpolate
 
@@ -144,6 +145,8 @@ def tune(reranker: Any, candidates: Run, queries: Mapping[str, str], qrels: Qrel
              "csv": write_points_csv(points, chosen, out_dir / CSV_FILE),
              "png": plot_points(points, chosen, out_dir / PNG_FILE, metric=metric, cost_label=cost_label,
                                 baseline=baseline, title=f"{model_id}: {len(qids)} validation queries")}
+    if (Path(out_dir) / CHECKSUMS_FILE).is_file():  # a checkpoint that verifies itself: record the new files too
+        write_checksums(out_dir)
     return TuneResult(points, chosen, files, baseline, metric)
 
 

@@ -17,7 +17,7 @@ _EXPORTS = {
     "IndexConfig": "config",
     "BM25Index": "bm25",
     "DenseIndex": "dense_index",
-    "HybridIndex": "dense_index",
+    "HybridIndex": "hybrid_index",
     "Embeddings": "embeddings",
     "encode_corpus": "encode",
     "run_encoding": "encode",

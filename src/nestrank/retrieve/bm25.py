@@ -22,11 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from nestrank.checks import check_corpus_arg, check_k, check_text_mapping
 from nestrank.data import Corpus, Document, Run
-from nestrank.errors import ConfigError, DataFormatError
+from nestrank.errors import ArgumentTypeError, ArtifactError, ConfigError, DataFormatError
+from nestrank.integrity import CHECKSUMS_FILE, ids_fingerprint, reading, write_checksums
 from nestrank.retrieve.config import BM25_VARIANTS, BM25Config
 from nestrank.retrieve.index import staged_index_dir
-from nestrank.retrieve.manifest import read_manifest, write_manifest
+from nestrank.retrieve.manifest import MANIFEST, REBUILD_INDEX, CorpusCheck, open_index_dir, write_manifest
 
 METHOD = "bm25"
 DOC_IDS_FILE = "doc_ids.json"
@@ -70,6 +72,25 @@ def _check_params(k1: float, b: float, stemmer: str | None, stopwords: str | lis
                               "'en', 'de', 'fr', or a list of words") from None
 
 
+def _matrix_problem(retriever: Any, num_docs: int) -> str | None:
+    """What is inconsistent in a loaded bm25s index (arrays, vocabulary, data types), or ``None``."""
+    scores, vocab = retriever.scores, retriever.vocab_dict
+    data, indices, indptr = scores["data"], scores["indices"], scores["indptr"]
+    try:
+        np.dtype(retriever.dtype), np.dtype(retriever.int_dtype)
+    except TypeError:
+        return f"unknown data types in its parameters ({retriever.dtype!r}, {retriever.int_dtype!r})"
+    if indptr.ndim != 1 or len(indptr) < 1 or indptr[0] != 0 or not indptr[-1] == len(indices) == len(data):
+        return "the score matrix's arrays do not fit together"
+    if len(indptr) > 1 and (np.diff(indptr) < 0).any():
+        return "the score matrix's column pointers decrease"
+    if len(indices) and (indices.min() < 0 or indices.max() >= num_docs):
+        return "the score matrix points at documents that do not exist"
+    if not isinstance(vocab, dict) or not all(isinstance(i, int) and 0 <= i < len(indptr) - 1 for i in vocab.values()):
+        return "the vocabulary points outside the score matrix"
+    return None
+
+
 def _tokenizer(stemmer: str | None, stopwords: str | list[str] | None):
     import bm25s
     import Stemmer
@@ -81,7 +102,7 @@ def _tokenizer(stemmer: str | None, stopwords: str | list[str] | None):
     )
 
 
-class BM25Index:
+class BM25Index(CorpusCheck):
     """A BM25 index over a corpus: build, save, load (memory-mapped) and batch search.
 
     Documents are indexed as ``title text`` (:attr:`Document.full_text`). Search returns
@@ -93,6 +114,12 @@ class BM25Index:
         self._retriever = retriever
         self.doc_ids = doc_ids
         self.params = params
+        self.path: Path | None = None  # the directory it was loaded from, if any
+
+    @property
+    def corpus_fingerprint(self) -> str:
+        """:func:`~nestrank.integrity.ids_fingerprint` of the indexed document ids (identifies the corpus)."""
+        return ids_fingerprint(self.doc_ids)
 
     @property
     def num_docs(self) -> int:
@@ -131,12 +158,17 @@ class BM25Index:
         """
         import bm25s
 
+        check_corpus_arg(corpus, "corpus", iterable=True)
         _check_params(k1, b, stemmer, stopwords, method)
         tokenizer = _tokenizer(stemmer, stopwords)
         doc_ids: list[str] = []
 
         def texts() -> Iterator[str]:
             for position, doc in enumerate(corpus, 1):
+                if not isinstance(doc, Document):
+                    raise ArgumentTypeError(f"corpus: item {position} is a {type(doc).__name__}, not a "
+                                            "nestrank.data.Document (fix: Corpus.from_documents([Document(id, text), "
+                                            "...]) or Corpus.open(path))")
                 if any(ch.isspace() for ch in doc.id):
                     raise DataFormatError(getattr(corpus, "path", None), None,
                                           f"document id {doc.id!r} (document {position}) contains whitespace",
@@ -164,30 +196,52 @@ class BM25Index:
 
     # -- persistence --------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write the index to directory ``path`` atomically (built aside, then renamed)."""
+        """Write the index to directory ``path`` atomically (built aside, then renamed), with its checksums
+        and the fingerprint of the corpus it was built from (see :mod:`nestrank.integrity`)."""
         path = Path(path)
         with staged_index_dir(path) as staging:
             self._retriever.save(staging, show_progress=False)
             (staging / DOC_IDS_FILE).write_text(json.dumps(self.doc_ids, ensure_ascii=False), encoding="utf-8")
             write_manifest(staging, METHOD, self.num_docs, self.params)
+            write_checksums(staging, {"corpus_ids_sha256": self.corpus_fingerprint, "num_docs": self.num_docs})
         return path
 
     @classmethod
-    def load(cls, path: str | Path, mmap: bool = True) -> BM25Index:
-        """Load an index written by :meth:`save`; ``mmap`` memory-maps the score matrix."""
+    def load(cls, path: str | Path, mmap: bool = True, *, verify: str = "fast") -> BM25Index:
+        """Load an index written by :meth:`save`; ``mmap`` memory-maps the score matrix.
+
+        ``verify`` checks the files against their checksums first: ``fast`` (default: whole
+        files up to 64 MiB, larger ones sampled), ``full`` or ``none`` (see :mod:`nestrank.integrity`).
+
+        Raises:
+            ArtifactError: a file is missing, damaged or inconsistent (naming it; fix: rebuild the index).
+        """
         import bm25s
 
         path = Path(path)
-        manifest = read_manifest(path, method=METHOD)
+        manifest, built_from = open_index_dir(path, METHOD, verify, "BM25 index")
+        params = manifest.get("params")
         try:
+            _check_params(params["k1"], params["b"], params["stemmer"], params["stopwords"], params["variant"])
+        except (ConfigError, KeyError, TypeError) as exc:
+            raise ArtifactError(path / MANIFEST, None, f"bad BM25 settings ({exc})", REBUILD_INDEX) from None
+        with reading(path, "BM25 index", REBUILD_INDEX, also=(TypeError, AttributeError)):  # bm25s' JSON damaged
             retriever = bm25s.BM25.load(path, mmap=mmap, load_corpus=False)
             doc_ids = json.loads((path / DOC_IDS_FILE).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise DataFormatError(path, None, f"damaged BM25 index ({exc})", "rebuild it with `nestrank index`") from None
+        if not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids):
+            raise ArtifactError(path / DOC_IDS_FILE, None, "not a JSON list of document ids", REBUILD_INDEX)
         if len(doc_ids) != manifest["num_docs"] or retriever.scores["num_docs"] != len(doc_ids):
-            raise DataFormatError(path, None, "document count differs between manifest, ids and matrix",
-                                  "rebuild the index")
-        return cls(retriever, doc_ids, manifest["params"])
+            raise ArtifactError(path, None, "document count differs between manifest, ids and matrix", REBUILD_INDEX)
+        problem = None if (path / CHECKSUMS_FILE).is_file() else _matrix_problem(retriever, len(doc_ids))
+        if problem is not None:  # an index of an older nestrank: no checksums vouch for its matrix
+            raise ArtifactError(path, None, f"damaged BM25 index: {problem}", REBUILD_INDEX)
+        index = cls(retriever, doc_ids, params)
+        index.path = path
+        recorded = built_from.get("corpus_ids_sha256")
+        if recorded is not None and recorded != index.corpus_fingerprint:
+            raise ArtifactError(path / DOC_IDS_FILE, None, "the document ids differ from the corpus the index "
+                                "records it was built from", REBUILD_INDEX)
+        return index
 
     # -- search -------------------------------------------------------------------------
     def search(self, queries: Mapping[str, str], k: int = 100, *, threads: int = 0, batch_size: int = 10_000,
@@ -206,8 +260,8 @@ class BM25Index:
         from rich.console import Console
         from rich.progress import Progress
 
-        if k < 1:
-            raise ConfigError(f"k must be at least 1, got {k}")
+        check_text_mapping(queries, "queries", "{query_id: text}")
+        check_k(k)
         threads = (os.cpu_count() or 1) if threads == -1 else threads
         tokenizer = _tokenizer(self.params["stemmer"], self.params["stopwords"])
         qids = list(queries)

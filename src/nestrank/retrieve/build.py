@@ -13,9 +13,10 @@ from typing import Any
 from nestrank.data import Corpus
 from nestrank.errors import ConfigError
 from nestrank.retrieve.config import FUSION_DEPTH, RRF_K, IndexConfig
-from nestrank.retrieve.dense_index import DenseIndex, HybridIndex
+from nestrank.retrieve.dense_index import DenseIndex
 from nestrank.retrieve.embeddings import Embeddings
 from nestrank.retrieve.encode import run_encoding
+from nestrank.retrieve.hybrid_index import HybridIndex
 
 VECTOR_METHODS = ("dense", "hybrid")
 
@@ -31,9 +32,10 @@ def build_vector_index(method: str, out: str | Path, corpus: Corpus | Callable[[
     The vectors come from ``embeddings`` (a directory written by :func:`run_encoding` or
     ``nestrank encode``) or are encoded first with ``model`` (and ``preset``), into
     ``embeddings`` or, by default, ``OUT.emb`` next to the index (kept, so a re-run resumes
-    instead of re-encoding). ``corpus`` (or a function returning it, called only when the
-    corpus is needed: to encode, or for hybrid's BM25 part) must be the corpus the vectors
-    were made from. ``config`` sets FAISS; ``rrf_k``, ``fusion_depth`` and ``bm25_params``
+    instead of re-encoding). ``corpus`` (or a function returning it) must be the corpus the
+    vectors were made from: it is checked to be (:class:`~nestrank.errors.ArtifactError`
+    otherwise); a dense index from ``embeddings`` can be built without it. ``config`` sets
+    FAISS; ``rrf_k``, ``fusion_depth`` and ``bm25_params``
     (:meth:`~nestrank.retrieve.bm25.BM25Index.build` keywords) set the hybrid index.
 
     ``doc_mode`` (``truncate`` or ``maxp``), ``stride`` and ``passage_tokens`` say how long
@@ -48,12 +50,10 @@ def build_vector_index(method: str, out: str | Path, corpus: Corpus | Callable[[
         raise ConfigError(f"a {method} index needs embeddings or a model (fix: Python: embeddings=DIR or model=NAME; "
                           f"CLI: --method {method} needs --embeddings DIR (from `nestrank encode`) or --model NAME "
                           "(to encode the corpus first))")
-    docs = None
-    if model is not None or method == "hybrid":
-        docs = corpus() if callable(corpus) else corpus
-        if docs is None:
-            raise ConfigError(f"a {method} index{' encoded from a model' if model else ''} needs the corpus "
-                              "(fix: pass corpus=...; CLI: --dataset DIR or --corpus FILE)")
+    docs = corpus() if callable(corpus) else corpus
+    if (model is not None or method == "hybrid") and docs is None:
+        raise ConfigError(f"a {method} index{' encoded from a model' if model else ''} needs the corpus "
+                          "(fix: pass corpus=...; CLI: --dataset DIR or --corpus FILE)")
     if model is not None:
         embeddings = embeddings or Path(out).with_name(Path(out).name + ".emb")
         run_encoding(docs, embeddings, model, preset=preset, doc_mode=doc_mode or "truncate", stride=stride,
@@ -62,7 +62,7 @@ def build_vector_index(method: str, out: str | Path, corpus: Corpus | Callable[[
     check_segmentation(vectors.segmentation, f"the embeddings directory {vectors.dir}", doc_mode=doc_mode,
                        stride=stride, passage_tokens=passage_tokens)
     if method == "dense":
-        return DenseIndex.build(vectors, out, config, progress=progress)
+        return DenseIndex.build(vectors, out, config, corpus=docs, progress=progress)
     return HybridIndex.build(docs, vectors, out, config, rrf_k=rrf_k, fusion_depth=fusion_depth,
                              bm25_params=bm25_params, progress=progress)
 

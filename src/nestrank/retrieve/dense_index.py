@@ -28,16 +28,17 @@ from typing import Any
 
 import numpy as np
 
+from nestrank.checks import check_corpus_arg, check_k, check_text_mapping
 from nestrank.data import Corpus, Run
-from nestrank.errors import ConfigError, DataFormatError
-from nestrank.retrieve.config import FUSION_DEPTH, RRF_K, IndexConfig
-from nestrank.retrieve.embeddings import DOC_FIELDS, Embeddings, ids_fingerprint
+from nestrank.errors import ArtifactError, ConfigError
+from nestrank.integrity import ids_fingerprint, model_fingerprint, reading, write_checksums
+from nestrank.retrieve.config import IndexConfig
+from nestrank.retrieve.embeddings import DOC_FIELDS, Embeddings
 from nestrank.retrieve.encode import PassageEncoder
 from nestrank.retrieve.index import staged_index_dir
-from nestrank.retrieve.manifest import MANIFEST, read_manifest, write_manifest
+from nestrank.retrieve.manifest import MANIFEST, REBUILD_INDEX, CorpusCheck, open_index_dir, write_manifest
 
 METHOD = "dense"
-HYBRID = "hybrid"
 ADD_CHUNK = 65536
 
 
@@ -87,17 +88,27 @@ def _set_search_params(index: Any, config: IndexConfig, k: int) -> None:
         faiss.extract_index_ivf(index).nprobe = config.nprobe
 
 
-class DenseIndex:
+class DenseIndex(CorpusCheck):
     """A (possibly sharded) FAISS index with the doc ids and the encoder that made its vectors."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, path: Path, manifest: dict[str, Any], built_from: dict[str, Any] | None = None) -> None:
         self.path = path
         self.manifest = manifest
+        self.built_from = built_from or {}
         params = manifest["params"]
-        self.config = IndexConfig(**params["faiss"])
-        self.dim = int(params["dim"])
-        self.shards: list[dict[str, Any]] = params["shards"]
-        self.num_vectors = int(params.get("num_vectors", manifest["num_docs"]))
+        try:
+            self.config = IndexConfig(**params["faiss"])
+            self.dim = int(params["dim"])
+            self.shards: list[dict[str, Any]] = list(params["shards"])
+            self.num_vectors = int(params.get("num_vectors", manifest["num_docs"]))
+            dict(params["encoder"])
+            for shard in self.shards:
+                if not (isinstance(shard["name"], str) and isinstance(shard["file"], str)
+                        and isinstance(shard["ids"], str) and isinstance(shard["count"], int)):
+                    raise TypeError(f"bad shard entry {shard!r}")
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ArtifactError(path / MANIFEST, None, f"malformed dense index manifest ({type(exc).__name__}: {exc})",
+                                REBUILD_INDEX) from None
         self._encoder: PassageEncoder | None = None
         self._cached: tuple[Any, np.ndarray] | None = None
 
@@ -119,8 +130,16 @@ class DenseIndex:
 
     @property
     def encoder_spec(self) -> dict[str, Any]:
-        """``{"model", "preset", "normalized"}`` of the encoder that made the vectors."""
+        """``{"model", "preset", "normalized"}`` of the encoder that made the vectors (and its ``fingerprint``)."""
         return dict(self.manifest["params"]["encoder"])
+
+    @property
+    def corpus_fingerprint(self) -> str:
+        """:func:`~nestrank.integrity.ids_fingerprint` of the indexed document ids (recorded, else read from the shards)."""
+        recorded = self.built_from.get("corpus_ids_sha256")
+        if recorded is not None:
+            return recorded
+        return ids_fingerprint([doc_id for shard in self.shards for doc_id in self._shard_ids(shard)])
 
     def __repr__(self) -> str:
         segments = f" as {self.num_vectors} maxp segments" if self.doc_mode == "maxp" else ""
@@ -130,16 +149,21 @@ class DenseIndex:
     # -- building -----------------------------------------------------------------------
     @classmethod
     def build(cls, embeddings: Embeddings | str | Path, out: str | Path, config: IndexConfig | None = None,
-              *, progress: bool = False) -> DenseIndex:
+              *, corpus: Corpus | None = None, progress: bool = False) -> DenseIndex:
         """Build one FAISS index per embedding shard into directory ``out`` (atomically); returns it loaded.
 
         A vector per embedding row: per document, or per segment for ``maxp`` embeddings (whose
-        doc_mode, stride and passage length the index records, and search follows).
+        doc_mode, stride and passage length the index records, and search follows). The
+        embeddings are verified against their checksums first; with ``corpus``, they must have
+        been encoded from it (:class:`~nestrank.errors.ArtifactError` otherwise). The index
+        records its checksums, the corpus fingerprint and the encoder (see :mod:`nestrank.integrity`).
         """
         from tqdm.auto import tqdm
 
         faiss = _faiss()
         embeddings = embeddings if isinstance(embeddings, Embeddings) else Embeddings(embeddings)
+        if corpus is not None:
+            embeddings.check_corpus(check_corpus_arg(corpus))
         config = config or IndexConfig()
         config.check(embeddings.dim)
         shards = []
@@ -157,44 +181,55 @@ class DenseIndex:
                 "dim": embeddings.dim,
                 "metric": "inner_product",
                 "encoder": {"model": manifest.get("model"), "preset": manifest.get("preset"),
-                            "normalized": manifest.get("normalized")},
+                            "normalized": manifest.get("normalized"), "fingerprint": manifest.get("model_fingerprint")},
                 "embeddings_dtype": manifest["dtype"],
                 **embeddings.segmentation,
                 "num_vectors": sum(shard["count"] for shard in shards),
                 "shards": shards,
             }
             write_manifest(staging, METHOD, embeddings.num_docs, params)
+            write_checksums(staging, {"corpus_ids_sha256": manifest["ids_sha256"], "num_docs": embeddings.num_docs,
+                                      "embeddings": str(embeddings.dir.resolve())})
         return cls.load(out)
 
     # -- loading ------------------------------------------------------------------------
     @classmethod
-    def load(cls, path: str | Path, mmap: bool = True) -> DenseIndex:
+    def load(cls, path: str | Path, mmap: bool = True, *, verify: str = "fast") -> DenseIndex:
         """Open an index directory written by :meth:`build`; shard files are checked, loaded on search.
 
         ``mmap`` is accepted for :func:`~nestrank.retrieve.index.open_index`; FAISS shards are
-        read whole, one at a time.
+        read whole, one at a time. ``verify`` checks the files against their checksums first:
+        ``fast`` (default: whole files up to 64 MiB, larger ones sampled), ``full`` or ``none``.
+
+        Raises:
+            ArtifactError: a file is missing, damaged or inconsistent (naming it; fix: rebuild the index).
         """
         path = Path(path)
-        index = cls(path, read_manifest(path, method=METHOD))
+        index = cls(path, *open_index_dir(path, METHOD, verify, "dense index"))
         for shard in index.shards:
             for key in ("file", "ids"):
                 if not (path / shard[key]).is_file():
-                    raise DataFormatError(path / shard[key], None, f"dense index shard {shard['name']} is missing",
-                                          "rebuild the index with `nestrank index --method dense`")
+                    raise ArtifactError(path / shard[key], None, f"dense index shard {shard['name']} is missing",
+                                        "rebuild the index with `nestrank index --method dense`")
         if sum(s["count"] for s in index.shards) != index.num_vectors:
-            raise DataFormatError(path / MANIFEST, None, "shard counts do not add up to num_vectors", "rebuild the index")
+            raise ArtifactError(path / MANIFEST, None, "shard counts do not add up to num_vectors", REBUILD_INDEX)
         return index
+
+    def _shard_ids(self, shard: dict[str, Any]) -> list[str]:
+        with reading(self.path / shard["ids"], "dense index shard ids", REBUILD_INDEX):
+            return (self.path / shard["ids"]).read_text(encoding="utf-8").splitlines()
 
     def _load_shard(self, shard: dict[str, Any]) -> tuple[Any, np.ndarray]:
         if self._cached is not None:
             return self._cached
         faiss = _faiss()
-        index = faiss.read_index(str(self.path / shard["file"]))
-        ids = np.asarray((self.path / shard["ids"]).read_text(encoding="utf-8").splitlines(), dtype=object)
+        with reading(self.path / shard["file"], "dense index shard", REBUILD_INDEX):
+            index = faiss.read_index(str(self.path / shard["file"]))
+        ids = np.asarray(self._shard_ids(shard), dtype=object)
         if index.ntotal != shard["count"] or len(ids) != shard["count"] or index.d != self.dim:
-            raise DataFormatError(self.path / shard["file"], None,
-                                  f"shard holds {index.ntotal} vectors of dim {index.d} and {len(ids)} ids; the "
-                                  f"manifest says {shard['count']} of dim {self.dim}", "rebuild the index")
+            raise ArtifactError(self.path / shard["file"], None,
+                                f"shard holds {index.ntotal} vectors of dim {index.d} and {len(ids)} ids; the "
+                                f"manifest says {shard['count']} of dim {self.dim}", REBUILD_INDEX)
         if len(self.shards) == 1:
             self._cached = (index, ids)
         return index, ids
@@ -219,8 +254,7 @@ class DenseIndex:
                               f"(built with encoder {self.encoder_spec.get('model')!r}); encode queries with that encoder")
         if not np.isfinite(queries).all():
             raise ConfigError("query vectors contain NaN or infinite values")
-        if k < 1:
-            raise ConfigError(f"k must be at least 1, got {k}")
+        check_k(k)
         config = IndexConfig(**{**asdict(self.config), **({"ef_search": ef_search} if ef_search else {}),
                                 **({"nprobe": nprobe} if nprobe else {})})
         queries = np.ascontiguousarray(queries)
@@ -273,12 +307,25 @@ class DenseIndex:
         return scores, ids
 
     def encoder(self) -> PassageEncoder:
-        """The query encoder recorded in the manifest (loaded once, then kept)."""
+        """The query encoder recorded in the manifest (loaded once, then kept).
+
+        Raises:
+            ArtifactError: the recorded model's files changed since the documents were encoded
+                (queries would be encoded by another model than the documents).
+        """
         if self._encoder is None:
             spec = self.encoder_spec
             if not spec.get("model"):
                 raise ConfigError(f"{self.path / MANIFEST} records no encoder model; pass encoder= to search()")
             from nestrank.models.dense import DenseEncoder
+            from nestrank.models.presets import local_path
+
+            now = model_fingerprint(local_path(spec["model"]))
+            if spec.get("fingerprint") and now and now != spec["fingerprint"]:
+                raise ArtifactError(self.path / MANIFEST, None, f"the encoder {spec['model']} changed since the "
+                                    "documents were encoded: queries would be encoded by another model",
+                                    "encode the corpus again and rebuild the index, or pass encoder= (the model "
+                                    "the index was built with) to search()")
 
             self._encoder = DenseEncoder.from_pretrained(spec["model"], preset=spec.get("preset"))
         return self._encoder
@@ -286,6 +333,8 @@ class DenseIndex:
     def search(self, queries: Mapping[str, str], k: int = 100, *, encoder: PassageEncoder | None = None,
                ef_search: int | None = None, nprobe: int | None = None, threads: int = 0) -> Run:
         """Encode ``{query_id: text}`` (with ``encoder``, default the recorded one) and return the top-``k`` run."""
+        check_text_mapping(queries, "queries", "{query_id: text}")
+        check_k(k)
         encoder = encoder or self.encoder()
         qids = list(queries)
         if not qids:
@@ -294,79 +343,6 @@ class DenseIndex:
         scores, doc_ids = self.search_vectors(vectors, k, ef_search=ef_search, nprobe=nprobe, threads=threads)
         return Run({qid: zip(ids, row[:len(ids)].tolist(), strict=True)
                     for qid, ids, row in zip(qids, doc_ids, scores, strict=True)})
-
-
-class HybridIndex:
-    """BM25 and dense sub-indexes in one directory; search fuses their runs by reciprocal rank.
-
-    Layout: ``bm25/`` and ``dense/`` (each a complete index) and a manifest with
-    ``"method": "hybrid"``, the RRF constant ``rrf_k`` and the ``fusion_depth`` (results
-    each sub-index retrieves before fusion; stored as ``"depth"``, the key indexes have
-    always used).
-    """
-
-    def __init__(self, path: Path, manifest: dict[str, Any], bm25: Any, dense: DenseIndex) -> None:
-        self.path = path
-        self.manifest = manifest
-        self.bm25 = bm25
-        self.dense = dense
-
-    @property
-    def num_docs(self) -> int:
-        """Number of indexed documents."""
-        return int(self.manifest["num_docs"])
-
-    def __repr__(self) -> str:
-        return f"HybridIndex({self.bm25!r} + {self.dense!r}, RRF k={self.manifest['params']['rrf_k']})"
-
-    @classmethod
-    def build(cls, corpus: Corpus, embeddings: Embeddings | str | Path, out: str | Path,
-              config: IndexConfig | None = None, *, rrf_k: float = RRF_K, fusion_depth: int = FUSION_DEPTH,
-              bm25_params: Mapping[str, Any] | None = None, progress: bool = False) -> HybridIndex:
-        """Index ``corpus`` with BM25 (``bm25_params``: :meth:`BM25Index.build` keywords) and its encoded
-        ``embeddings`` with FAISS (``config``), into ``out`` (atomically)."""
-        from nestrank.retrieve.bm25 import BM25Index
-
-        embeddings = embeddings if isinstance(embeddings, Embeddings) else Embeddings(embeddings)
-        if embeddings.manifest["ids_sha256"] != ids_fingerprint(corpus.ids):
-            raise ConfigError(f"the embeddings in {embeddings.dir} were not encoded from this corpus "
-                              f"({embeddings.num_docs} vs {len(corpus)} documents or other ids); encode it first")
-        if fusion_depth < 1 or not rrf_k >= 0:
-            raise ConfigError(f"hybrid fusion_depth must be >= 1 and rrf_k >= 0, got fusion_depth={fusion_depth}, "
-                              f"rrf_k={rrf_k}")
-        with staged_index_dir(out) as staging:
-            BM25Index.build(corpus, **dict(bm25_params or {})).save(staging / "bm25")
-            DenseIndex.build(embeddings, staging / "dense", config, progress=progress)
-            write_manifest(staging, HYBRID, len(corpus), {"parts": {"bm25": "bm25", "dense": "dense"},
-                                                          "fusion": "rrf", "rrf_k": rrf_k, "depth": fusion_depth})
-        return cls.load(out)
-
-    @classmethod
-    def load(cls, path: str | Path, mmap: bool = True) -> HybridIndex:
-        """Open a hybrid index directory (both sub-indexes)."""
-        from nestrank.retrieve.bm25 import BM25Index
-
-        path = Path(path)
-        manifest = read_manifest(path, method=HYBRID)
-        parts = manifest["params"]["parts"]
-        bm25 = BM25Index.load(path / parts["bm25"], mmap=mmap)
-        dense = DenseIndex.load(path / parts["dense"])
-        if not bm25.num_docs == dense.num_docs == manifest["num_docs"]:
-            raise DataFormatError(path / MANIFEST, None, f"sub-indexes hold {bm25.num_docs} (BM25) and "
-                                  f"{dense.num_docs} (dense) documents, the manifest {manifest['num_docs']}",
-                                  "rebuild it with `nestrank index --method hybrid`")
-        return cls(path, manifest, bm25, dense)
-
-    def search(self, queries: Mapping[str, str], k: int = 100, *, encoder: PassageEncoder | None = None,
-               fusion_depth: int | None = None, threads: int = 0) -> Run:
-        """RRF of the BM25 and dense top-``fusion_depth`` runs (default: the manifest's, at least ``k``), cut to ``k``."""
-        from nestrank.retrieve.fusion import reciprocal_rank_fusion
-
-        params = self.manifest["params"]
-        fusion_depth = max(k, fusion_depth or params["depth"])
-        runs = [self.bm25.search(queries, fusion_depth, threads=threads),
-                self.dense.search(queries, fusion_depth, encoder=encoder, threads=threads)]
-        return reciprocal_rank_fusion(runs, rrf_k=params["rrf_k"], k=k)
 
 
 def _best_per_document(scores: np.ndarray, ids: np.ndarray, k: int) -> dict[str, float]:

@@ -18,7 +18,6 @@ a shard that looks done but is not.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -28,10 +27,24 @@ from typing import Any
 import numpy as np
 
 from nestrank.data.corpus import Corpus
-from nestrank.errors import ConfigError, DataFormatError
+from nestrank.errors import ArtifactError, ConfigError, DataFormatError
 from nestrank.files import atomic_write
+from nestrank.integrity import (
+    FULL_HASH_LIMIT,
+    check_file,
+    check_verify,
+    file_sha256,
+    ids_fingerprint,
+    model_fingerprint,
+    reading,
+    sample_sha256,
+)
 from nestrank.retrieve.config import DOC_MODES
 from nestrank.retrieve.manifest import EMBEDDINGS_FORMAT, EMBEDDINGS_KIND, MANIFEST, has_manifest, read_manifest
+
+__all__ = ["DTYPES", "IDENTITY_FIELDS", "Embeddings", "ShardSpec", "check_dtype", "commit_shards", "current_manifest",
+           "file_sha256", "ids_fingerprint", "pending_shards", "run_header", "shard_checksums", "shard_is_done",
+           "shard_ranges"]
 
 DTYPES = ("float16", "float32")
 #: Manifest fields that must agree between runs writing into one output directory.
@@ -67,22 +80,15 @@ def shard_ranges(num_docs: int, num_shards: int) -> list[ShardSpec]:
     return [ShardSpec(i, bounds[i], bounds[i + 1]) for i in range(num_shards)]
 
 
-def ids_fingerprint(ids: Sequence[str]) -> str:
-    """SHA-256 of the document ids in order: identifies the corpus a set of shards came from."""
-    digest = hashlib.sha256()
-    for doc_id in ids:
-        digest.update(doc_id.encode("utf-8"))
-        digest.update(b"\n")
-    return digest.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes, read in 4 MiB blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def shard_checksums(out_dir: str | Path, name: str) -> dict[str, Any]:
+    """The checksum fields of a shard's manifest entry: sizes and SHA-256 of ``NAME.npy`` and ``NAME.ids.txt``
+    (plus a sampled hash of a vectors file over 64 MiB, for the fast check; see :mod:`nestrank.integrity`)."""
+    vectors, ids = Path(out_dir) / f"{name}.npy", Path(out_dir) / f"{name}.ids.txt"
+    record = {"sha256": file_sha256(vectors), "size": vectors.stat().st_size,
+              "ids_sha256": file_sha256(ids), "ids_size": ids.stat().st_size}
+    if record["size"] > FULL_HASH_LIMIT:
+        record["sample_sha256"] = sample_sha256(vectors)
+    return record
 
 
 # -- the manifest ---------------------------------------------------------------------------
@@ -114,7 +120,7 @@ def identity_mismatch(recorded: dict[str, Any], header: dict[str, Any]) -> tuple
     whole documents, passage length not recorded), so shards of one segmentation are never
     reused for another.
     """
-    for field in IDENTITY_FIELDS + ("dim", "normalized"):
+    for field in IDENTITY_FIELDS + ("dim", "normalized", "model_fingerprint"):
         if header.get(field) is not None and field in recorded and recorded[field] != header[field]:
             return field, recorded[field], header[field]
     for field, default in DOC_FIELDS.items():
@@ -211,10 +217,17 @@ def run_header(corpus: Corpus, *, num_shards: int, dtype: str, model: str | None
                dim: int | None = None, normalized: bool | None = None, doc_mode: str = "truncate",
                stride: int | None = None, passage_tokens: int | None = None) -> dict[str, Any]:
     """The identity fields of an encoding run, as stored in the manifest (see :func:`doc_fields`)."""
+    from nestrank.models.presets import local_path
+
     check_dtype(dtype)
+    try:
+        fingerprint = None if model is None else model_fingerprint(local_path(model))
+    except ConfigError:  # an unknown preset: loading the encoder will say so
+        fingerprint = None
     return {"model": model, "preset": preset, "dim": dim, "dtype": dtype, "normalized": normalized,
             **doc_fields(doc_mode, stride, passage_tokens),
-            "num_docs": len(corpus), "num_shards": num_shards, "ids_sha256": ids_fingerprint(corpus.ids)}
+            "num_docs": len(corpus), "num_shards": num_shards, "ids_sha256": ids_fingerprint(corpus.ids),
+            "model_fingerprint": fingerprint}
 
 
 def _adopt(out_dir: Path, header: dict[str, Any], spec: ShardSpec) -> bool:
@@ -256,24 +269,64 @@ def pending_shards(corpus: Corpus, out_dir: str | Path, header: dict[str, Any],
 
 
 # -- reading ------------------------------------------------------------------------------
+_ENTRY_KEYS = {"file", "ids", "count", "sha256", "ids_sha256"}
+
+
+def _shard_specs(out_dir: Path, manifest: dict[str, Any]) -> list[ShardSpec]:
+    """The shard ranges of a manifest, after checking its structure (:class:`ArtifactError` naming it when malformed)."""
+    shards, counts = manifest.get("shards"), (manifest.get("num_docs"), manifest.get("num_shards"), manifest.get("dim"))
+    problem = None
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in counts) or counts[1] < 1:
+        problem = "num_docs, num_shards and dim must be non-negative integers (num_shards at least 1)"
+    elif not isinstance(shards, dict) or not all(isinstance(e, dict) and e.keys() >= _ENTRY_KEYS for e in shards.values()):
+        problem = f"every shard entry must be an object with {', '.join(sorted(_ENTRY_KEYS))}"
+    if problem is not None:
+        raise ArtifactError(out_dir / MANIFEST, None, f"malformed embeddings manifest: {problem}",
+                            "delete the directory and encode again")
+    return shard_ranges(counts[0], counts[1])
+
+
 class Embeddings:
     """A complete set of encoded shards, read shard by shard (memory-mapped).
 
     Rows are documents (``doc_mode`` ``truncate``) or documents' segments (``maxp``): the ids
     of a shard name each row's document, so a document may appear on several rows.
+    Opening checks every shard's files against the checksums its manifest records
+    (``verify``: ``fast``, the default, hashes files up to 64 MiB whole and samples larger
+    ones; ``full`` hashes everything; ``none`` skips it; see :mod:`nestrank.integrity`).
     """
 
-    def __init__(self, out_dir: str | Path) -> None:
+    def __init__(self, out_dir: str | Path, *, verify: str = "fast") -> None:
         self.dir = Path(out_dir)
         self.manifest = manifest = read_manifest(self.dir, "embeddings")
-        missing = [s.shard_id for s in shard_ranges(manifest["num_docs"], manifest["num_shards"])
-                   if s.name not in manifest["shards"]]
+        check_verify(verify)
+        specs = _shard_specs(self.dir, manifest)
+        shards = manifest["shards"]
+        names = [s.name for s in specs if s.name in shards]
+        missing = [s.shard_id for s in specs if s.name not in shards]
         if missing:
             listed = ", ".join(map(str, missing[:10]))
             raise DataFormatError(self.dir / MANIFEST, None,
                                   f"{len(missing)} of {manifest['num_shards']} shards not encoded yet (shard ids {listed})",
                                   f"run `nestrank encode --out {self.dir} --num-shards {manifest['num_shards']}` "
                                   "(with --shard-id for each missing one) to finish")
+        for name in names:
+            self._verify_shard(name, verify)
+
+    def _verify_shard(self, name: str, verify: str) -> None:
+        entry = self.manifest["shards"][name]
+        fix = f"delete {name}'s files and re-run `nestrank encode --out {self.dir}`"
+        vectors = {key: entry[key] for key in ("size", "sha256", "sample_sha256") if key in entry}
+        ids = {key.removeprefix("ids_"): entry[key] for key in ("ids_size", "ids_sha256") if key in entry}
+        check_file(self.dir / entry["file"], vectors, verify, what="embeddings", fix=fix)
+        check_file(self.dir / entry["ids"], ids, verify, what="embeddings", fix=fix)
+
+    def check_corpus(self, corpus: Corpus) -> None:
+        """Raise :class:`~nestrank.errors.ArtifactError` unless these embeddings were encoded from ``corpus``."""
+        if self.manifest.get("ids_sha256") != ids_fingerprint(corpus.ids):
+            raise ArtifactError(self.dir / MANIFEST, None, f"these embeddings were not encoded from the corpus given "
+                                f"({self.num_docs} vs {len(corpus)} documents, or other ids)",
+                                "encode this corpus first (`nestrank encode`), or give the corpus they were encoded from")
 
     @property
     def dim(self) -> int:
@@ -314,8 +367,9 @@ class Embeddings:
             if not path.is_file():
                 raise DataFormatError(path, None, "embedding shard file missing",
                                       f"re-run `nestrank encode --out {self.dir}` to rebuild it")
-        vectors = np.load(vec_path, mmap_mode="r", allow_pickle=False)
-        ids = ids_path.read_text(encoding="utf-8").splitlines()
+        with reading(vec_path, "embedding shard", f"delete the shard's files and re-run `nestrank encode --out {self.dir}`"):
+            vectors = np.load(vec_path, mmap_mode="r", allow_pickle=False)
+            ids = ids_path.read_text(encoding="utf-8").splitlines()
         if vectors.shape != (rows, self.dim) or len(ids) != rows:
             raise DataFormatError(vec_path, None, f"shard has {vectors.shape} vectors and {len(ids)} ids, the "
                                   f"manifest says ({rows}, {self.dim})",

@@ -32,9 +32,9 @@ from nestrank.retrieve.embeddings import (
     check_dtype,
     commit_shards,
     current_manifest,
-    file_sha256,
     pending_shards,
     run_header,
+    shard_checksums,
 )
 
 ENGINES = ("local", "ray")
@@ -163,8 +163,7 @@ def encode_shard(corpus: Corpus, encoder: PassageEncoder, out_dir: str | Path, s
                 tmp.unlink()
     entry = {
         "name": spec.name, "shard_id": spec.shard_id, "start": spec.start, "end": spec.end, "count": spec.count,
-        "rows": rows, "file": f"{spec.name}.npy", "ids": f"{spec.name}.ids.txt",
-        "sha256": file_sha256(out_dir / f"{spec.name}.npy"), "ids_sha256": file_sha256(out_dir / f"{spec.name}.ids.txt"),
+        "rows": rows, "file": f"{spec.name}.npy", "ids": f"{spec.name}.ids.txt", **shard_checksums(out_dir, spec.name),
     }
     with atomic_write(out_dir / f"{spec.name}.json") as handle:
         json.dump({"header": {**header, "dim": dim}, "entry": entry}, handle, indent=1)

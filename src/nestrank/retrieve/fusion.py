@@ -8,11 +8,12 @@ Ranks and scores are read from each :class:`~nestrank.data.Run` in its own ranki
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Literal
 
+from nestrank.checks import check_int
 from nestrank.data import Run
-from nestrank.errors import ConfigError
+from nestrank.errors import ArgumentTypeError, ConfigError
 from nestrank.retrieve.config import RRF_K
 
 Normalisation = Literal["minmax", "zscore"]
@@ -20,6 +21,9 @@ FUSION_METHODS = ("rrf", "linear")
 
 
 def _check_weights(runs: Sequence[Run], weights: Sequence[float] | None) -> list[float]:
+    if isinstance(runs, Mapping) or not isinstance(runs, Sequence) or not all(isinstance(r, Run) for r in runs):
+        raise ArgumentTypeError(f"runs must be a list of Runs, got {type(runs).__name__}"
+                                + (" (fix: [run])" if isinstance(runs, Run) else ""))
     if not runs:
         raise ConfigError("fusion needs at least one run")
     if weights is None:
@@ -33,8 +37,8 @@ def _check_weights(runs: Sequence[Run], weights: Sequence[float] | None) -> list
 
 
 def _check_k(k: int | None) -> None:
-    if k is not None and k < 1:
-        raise ConfigError(f"k (fused results kept per query) must be at least 1, got {k}")
+    if k is not None:
+        check_int(k, "k", 1, "fused results kept per query")
 
 
 def _query_ids(runs: Sequence[Run]) -> list[str]:
@@ -53,8 +57,8 @@ def reciprocal_rank_fusion(runs: Sequence[Run], *, rrf_k: float = RRF_K, weights
     """
     weights = _check_weights(runs, weights)
     _check_k(k)
-    if not rrf_k >= 0:
-        raise ConfigError(f"RRF k (the constant rrf_k) must be >= 0, got {rrf_k}")
+    if not (math.isfinite(rrf_k) and rrf_k >= 0):  # an infinite constant would give every document a score of 0
+        raise ConfigError(f"RRF k (the constant rrf_k) must be a finite number >= 0, got {rrf_k}")
     fused = Run()
     for qid in _query_ids(runs):
         scores: dict[str, float] = {}

@@ -21,13 +21,16 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 from nestrank import __version__
-from nestrank.errors import DataFormatError
+from nestrank.errors import ArtifactError, DataFormatError
 from nestrank.files import atomic_write
+from nestrank.integrity import ids_fingerprint, verify_checksums
 
 MANIFEST = "manifest.json"
 INDEX_FORMAT = 1
 EMBEDDINGS_KIND = "nestrank-embeddings"
 EMBEDDINGS_FORMAT = 1
+#: The fix for a damaged index.
+REBUILD_INDEX = "rebuild the index with `nestrank index`"
 ManifestKind = Literal["index", "embeddings"]
 
 
@@ -102,6 +105,9 @@ def read_manifest(directory: str | Path, kind: ManifestKind | None = None, *, me
     if not isinstance(version, int) or version > actual.version:
         raise DataFormatError(path, None, f"{actual.noun} format {version!r} is not one this nestrank understands "
                               f"(<= {actual.version})", f"upgrade nestrank, or {actual.remake}")
+    if found == "index" and (isinstance(manifest.get("num_docs"), bool) or not isinstance(manifest.get("num_docs"), int)
+                             or manifest["num_docs"] < 0 or not isinstance(manifest.get("params"), dict)):
+        raise DataFormatError(path, None, "index manifest lacks a valid num_docs or params", actual.remake)
     if method is not None and manifest["method"] != method:
         raise DataFormatError(path, None, f"index method is {manifest['method']!r}, not {method!r}",
                               "open it with nestrank.retrieve.open_index")
@@ -120,3 +126,35 @@ def write_manifest(directory: str | Path, method: str, num_docs: int, params: Ma
     with atomic_write(Path(directory) / MANIFEST) as handle:
         json.dump(manifest, handle, indent=2)
         handle.write("\n")
+
+
+def open_index_dir(directory: str | Path, method: str, verify: str, what: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Read an index directory's manifest (of ``method``) and check its files against ``checksums.json``.
+
+    Returns the manifest and what the index records it was built from (``{}`` for an index
+    of an older nestrank). See :func:`read_manifest` and :mod:`nestrank.integrity`.
+    """
+    manifest = read_manifest(directory, method=method)
+    return manifest, verify_checksums(directory, verify, what=what, fix=REBUILD_INDEX) or {}
+
+
+class CorpusCheck:
+    """What an index class shares: :meth:`check_corpus`, from its ``path``, ``num_docs`` and ``corpus_fingerprint``."""
+
+    path: Path | None
+    num_docs: int
+    corpus_fingerprint: str
+
+    def check_corpus(self, corpus: Any) -> None:
+        """Raise :class:`~nestrank.errors.ArtifactError` unless ``corpus`` (same ids, same order) built this index."""
+        from nestrank.checks import check_corpus_arg
+
+        ids = list(check_corpus_arg(corpus).ids)
+        if ids_fingerprint(ids) == self.corpus_fingerprint:
+            return
+        differs = f"{self.num_docs} documents, the corpus given has {len(ids)}" if len(ids) != self.num_docs else \
+            f"{self.num_docs} documents with other ids or in another order"
+        where = f" ({corpus.path})" if getattr(corpus, "path", None) else ""
+        raise ArtifactError(self.path or "index", None, f"this index was built from another corpus than the one "
+                            f"given{where}: it holds {differs}", "give the corpus the index was built from, or "
+                            "rebuild the index from this corpus with `nestrank index`")

@@ -5,6 +5,7 @@ Every trainer writes ``checkpoint-STEP/`` (and ``final/``) as its model's files 
     trainer_state.json   step, world size and the training config
     optimizer.pt         optimizer state (tensors only: loaded with weights_only; not under FSDP/DeepSpeed)
     scheduler.json       learning-rate scheduler state
+    checksums.json       size and SHA-256 of every file (:mod:`nestrank.integrity`), checked on resume and load
 
 The model's files are the trainer's (:meth:`nestrank.train.loop.Trainer.save_model`): a
 :class:`~nestrank.models.dense.DenseEncoder` directory (:mod:`nestrank.train.retriever`), a
@@ -24,8 +25,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from nestrank.errors import ConfigError
+from nestrank.errors import ArtifactError, ConfigError
 from nestrank.files import atomic_dir
+from nestrank.integrity import read_checksums, reading, verify_checksums, write_checksums
 from nestrank.train.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -44,6 +46,8 @@ RESUME_KEYS = {"model": None, "lora": None, "data": None,
 RERANKER_RESUME_KEYS = {**RESUME_KEYS, "reranker": None}
 
 SaveModel = Callable[[Path, Any], None]
+#: The fix for a damaged training checkpoint.
+RESUME_ELSEWHERE = "resume from another checkpoint-STEP directory, or train from the start"
 
 
 def save_checkpoint(path: Path, accelerator: Accelerator, optimizer: torch.optim.Optimizer, scheduler: Any,
@@ -67,8 +71,18 @@ def save_checkpoint(path: Path, accelerator: Accelerator, optimizer: torch.optim
             (tmp / SCHEDULER_FILE).write_text(json.dumps(scheduler.state_dict(), default=_plain), encoding="utf-8")
             (tmp / STATE_FILE).write_text(json.dumps({"step": step, "world_size": accelerator.num_processes,
                                                       "config": config.to_dict()}, indent=2), encoding="utf-8")
+            write_checksums(tmp, {"step": step, **_base_record(tmp, config.model.backbone)})
     accelerator.wait_for_everyone()
     return path
+
+
+def _base_record(directory: Path, backbone: str) -> dict[str, Any]:
+    """The base model and its fingerprint, unless the model's own files already recorded theirs (a Matryoshka
+    checkpoint's ``save_pretrained``)."""
+    from nestrank.models.settings import local_fingerprint
+
+    recorded = (read_checksums(directory) or {}).get("built_from", {})
+    return {} if "base_model" in recorded else {"base_model": backbone, "base_fingerprint": local_fingerprint(backbone)}
 
 
 def _plain(value: Any) -> Any:
@@ -89,7 +103,9 @@ def load_checkpoint(path: Path, config: TrainConfig, optimizer: torch.optim.Opti
     """Resume from checkpoint ``path``: check its settings, then ``load_model(path)``, optimizer and scheduler.
 
     Returns the step to continue from. A setting in ``keys_by_section`` that differs from
-    ``config`` raises :class:`ConfigError` (see :func:`check_compatible`).
+    ``config`` raises :class:`ConfigError` (see :func:`check_compatible`); a damaged or
+    incomplete checkpoint (files against ``checksums.json``, unreadable state) raises
+    :class:`~nestrank.errors.ArtifactError` naming the file.
     """
     import torch
 
@@ -97,12 +113,20 @@ def load_checkpoint(path: Path, config: TrainConfig, optimizer: torch.optim.Opti
     if not state_file.is_file():
         raise ConfigError(f"train.resume_from: {path} is not a training checkpoint (no {STATE_FILE}; "
                           "fix: point to a checkpoint-STEP directory written by the trainer)")
-    state = json.loads(state_file.read_text(encoding="utf-8"))
-    check_compatible(state["config"], config.to_dict(), path, keys_by_section)
-    load_model(path)
-    optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
-    scheduler.load_state_dict(json.loads((path / SCHEDULER_FILE).read_text(encoding="utf-8")))
-    return int(state["step"])
+    verify_checksums(path, what="training checkpoint", fix=RESUME_ELSEWHERE)
+    with reading(state_file, "trainer state", RESUME_ELSEWHERE):
+        state = json.loads(state_file.read_text(encoding="utf-8"))
+        saved_config, step = state["config"], int(state["step"])
+    if not isinstance(saved_config, dict):
+        raise ArtifactError(state_file, None, "'config' is not an object", RESUME_ELSEWHERE)
+    check_compatible(saved_config, config.to_dict(), path, keys_by_section)
+    with reading(path, "model weights", RESUME_ELSEWHERE):
+        load_model(path)
+    with reading(path / OPTIMIZER_FILE, "optimizer state", RESUME_ELSEWHERE):
+        optimizer.load_state_dict(torch.load(path / OPTIMIZER_FILE, map_location="cpu", weights_only=True))
+    with reading(path / SCHEDULER_FILE, "scheduler state", RESUME_ELSEWHERE):
+        scheduler.load_state_dict(json.loads((path / SCHEDULER_FILE).read_text(encoding="utf-8")))
+    return step
 
 
 def latest_checkpoint(output_dir: Path, config: TrainConfig) -> Path | None:
@@ -134,7 +158,8 @@ def load_adapter_weights(peft_model: PeftModel, adapter_dir: Path, checkpoint: P
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    result = set_peft_model_state_dict(peft_model, load_file(adapter_dir / ADAPTER_WEIGHTS))
+    with reading(adapter_dir / ADAPTER_WEIGHTS, "adapter weights", RESUME_ELSEWHERE):
+        result = set_peft_model_state_dict(peft_model, load_file(adapter_dir / ADAPTER_WEIGHTS))
     if getattr(result, "unexpected_keys", None):
         raise ConfigError(f"{checkpoint}: adapter weights do not fit the model ({result.unexpected_keys[:2]} ...)")
 

@@ -8,8 +8,12 @@ Layout::
     compensation.safetensors    the V-/H-LoRA tensors (only with a compensation)
     profiles.json               named configurations (optional, see profiles.py)
     lora/                       the distillation LoRA, PEFT layout (added by the trainer)
+    checksums.json              size and SHA-256 of every file, and the base model's fingerprint
+                                (nestrank.integrity; a checkpoint without it loads with a warning)
 
-The backbone is not copied: ``base_model`` names it (a preset, hub id or path).
+The backbone is not copied: ``base_model`` names it (a preset, hub id or path). Loading checks
+the files against ``checksums.json`` and, when the base model is on this machine, that its
+weights are those the checkpoint was trained on.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from nestrank.errors import ConfigError
+from nestrank.integrity import reading, write_checksums
 from nestrank.models.matryoshka.profiles import Profile, read_profiles
-from nestrank.models.settings import SETTINGS_FILE, read_settings
+from nestrank.models.settings import RESAVE, SETTINGS_FILE, local_fingerprint, read_settings, verify_checkpoint
 
 if TYPE_CHECKING:
     import torch
@@ -84,8 +89,14 @@ def layer_count(name_or_path: str | Path) -> int | None:
 
 
 def load(cls: Callable[..., R], name_or_path: str | Path, *, dtype: str | torch.dtype,
-         device: str | torch.device | None, importance: str, merge_lora: bool, **kwargs: Any) -> R:
-    """``cls(model, tokenizer, ...)`` for a backbone or a checkpoint (:meth:`MatryoshkaReranker.from_pretrained`)."""
+         device: str | torch.device | None, importance: str, merge_lora: bool, verify: str = "fast",
+         **kwargs: Any) -> R:
+    """``cls(model, tokenizer, ...)`` for a backbone or a checkpoint (:meth:`MatryoshkaReranker.from_pretrained`).
+
+    A checkpoint is verified first (``verify``, see :mod:`nestrank.integrity`): its files
+    against ``checksums.json``, and the base model's weights against the fingerprint recorded
+    when it was saved.
+    """
     from nestrank.models.backbone import load_backbone
     from nestrank.models.presets import local_path
 
@@ -94,12 +105,14 @@ def load(cls: Callable[..., R], name_or_path: str | Path, *, dtype: str | torch.
     base = str(name_or_path) if settings is None else settings["base_model"]
     if settings is not None:
         kwargs = {**settings["reranker"], **kwargs}
+        verify_checkpoint(path, verify, what="Matryoshka checkpoint", base=base)
     model, tokenizer = load_backbone(base, task="causal-lm", dtype=dtype, device=device,
                                      attn_implementation="eager" if importance == "eager" else "sdpa")
     if settings is not None and merge_lora and (path / LORA_DIR).is_dir():
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, path / LORA_DIR).merge_and_unload()
+        with reading(path / LORA_DIR, "distillation LoRA", RESAVE):
+            model = PeftModel.from_pretrained(model, path / LORA_DIR).merge_and_unload()
     reranker = cls(model, tokenizer, importance=importance, **kwargs)
     reranker.base_model = base
     if settings is not None:
@@ -132,6 +145,7 @@ def save(reranker: Saved, path: str | Path, base_model: str | None) -> Path:
         if compensation is not None:
             save_file(_tensors(compensation), staging / COMPENSATION_FILE)
         (staging / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n", encoding="utf-8")
+        write_checksums(staging, {"base_model": base, "base_fingerprint": local_fingerprint(base)})
     return Path(path)
 
 
@@ -143,7 +157,8 @@ def _load_heads(reranker: Saved, path: Path) -> None:
     from safetensors.torch import load_file
 
     _require(path)
-    tensors = load_file(path)
+    with reading(path, "score heads", RESAVE):
+        tensors = load_file(path)
     expected = {f"heads.{name}" for name in reranker.heads.state_dict()}
     if set(tensors) != expected:
         extra, missing = sorted(set(tensors) - expected), sorted(expected - set(tensors))
@@ -160,7 +175,8 @@ def _load_compensation(reranker: Saved, path: Path, settings: dict) -> None:
 
     _require(path)
     compensation = FactorizedCompensation(reranker.decoder.layers, CompensationSettings.from_dict(settings))
-    tensors = load_file(path, device=str(reranker.decoder.embed_tokens.weight.device))
+    with reading(path, "compensation", RESAVE):
+        tensors = load_file(path, device=str(reranker.decoder.embed_tokens.weight.device))
     expected = set(compensation.state_dict())
     if set(tensors) != expected:
         raise ConfigError(f"{path}: the V-/H-LoRA tensors do not match the settings in {SETTINGS_FILE} "

@@ -119,6 +119,7 @@ class MatryoshkaReranker(Reranker):
         device: str | torch.device | None = None,
         importance: Importance = "row",
         merge_lora: bool = True,
+        verify: str = "fast",
         **kwargs,
     ) -> MatryoshkaReranker:
         """Load a backbone with :func:`nestrank.models.load_backbone` (``task="causal-lm"``) and wrap it.
@@ -129,9 +130,13 @@ class MatryoshkaReranker(Reranker):
         itself, to continue training it). ``importance="eager"`` loads the model with eager
         attention; other keyword arguments go to the constructor (template, prompt,
         yes_token, max_passage_tokens...) and win over a checkpoint's recorded settings.
+
+        A checkpoint's files are checked against its ``checksums.json`` first (``verify``:
+        ``fast``, the default, ``full`` or ``none``; see :mod:`nestrank.integrity`), and its
+        base model against the weights it was trained on.
         """
         return checkpoint.load(cls, name_or_path, dtype=dtype, device=device, importance=importance,
-                               merge_lora=merge_lora, **kwargs)
+                               merge_lora=merge_lora, verify=verify, **kwargs)
 
     def save_pretrained(self, path: str | Path, *, base_model: str | None = None) -> Path:
         """Write a Matryoshka checkpoint directory atomically and return its path.
