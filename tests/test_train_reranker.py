@@ -109,7 +109,8 @@ def distilled(setup, tmp_path_factory):
     ({"student_depths": []}, {}, "students_per_step = 0"),
     ({"compensation_factors": [1, 2]}, {}, "reranker.compensation_factors"),
     ({"distill_temperature": 0}, {}, "reranker.distill_temperature"),
-    ({"stage": "compensate", "init": "x", "students_per_step": 0}, {}, "only students train the compensation"),
+    ({"stage": "compensate", "init": "x", "students_per_step": 0, "compensation_teachers": "frozen"}, {},
+     "only students train the compensation"),
     ({}, {"enabled": False}, "lora.enabled"),
 ])
 def test_config_errors(setup, tmp_path, reranker, lora, match):
@@ -120,7 +121,8 @@ def test_config_errors(setup, tmp_path, reranker, lora, match):
 @pytest.mark.parametrize(("reranker", "match"), [
     ({"teachers": [7]}, "layer 7 does not exist"),
     ({"teachers": [3]}, r"student_depths \[4, 5\] are deeper than the deepest teacher 3"),
-    ({"students_per_step": 20}, "exceeds the 10 distinct students"),
+    ({"students_per_step": 20, "exits": "sampled"}, "exceeds the 10 distinct students"),
+    ({"students_per_step": 3}, "exceeds the 2 compressed widths"),
     ({"init": "nowhere"}, "reranker.init: nowhere is not a Matryoshka checkpoint"),
 ])
 def test_errors_found_with_the_model(setup, tmp_path, reranker, match):
@@ -171,8 +173,11 @@ def test_contrastive_loss_goes_down_and_checkpoint_reloads(setup, tmp_path):
     assert not np.allclose(fresh.score("where is the cat", DOCS), loaded.score("where is the cat", DOCS), atol=1e-3)
 
 
+LEGACY = {"exits": "sampled", "distill_from": "all", "compensation_teachers": "frozen", "compensation_heads": False}
+
+
 def test_distill_logged_loss_is_eq9_on_the_batch(setup, tmp_path):
-    config = make_config(setup, tmp_path, max_steps=1)
+    config = make_config(setup, tmp_path, LEGACY, max_steps=1)
     train_reranker(config, progress=False)
     (record,) = log(tmp_path)
     # recompute with the untrained reranker (LoRA B = 0) through the public scoring API
@@ -203,7 +208,8 @@ def test_compensate_trains_only_the_compensation(setup, distilled, tmp_path):
     heads = {k: v.clone() for k, v in init.heads.state_dict().items()}
     out = tmp_path / "comp"
     config = make_config(setup, out, {"stage": "compensate", "init": str(distill_result.checkpoint),
-                                      "compensation_r": 2, "compensation_alpha": 4, "compensation_factors": [2, 4]})
+                                      "compensation_r": 2, "compensation_alpha": 4, "compensation_factors": [2, 4],
+                                      **LEGACY})
     trainer = MatryoshkaTrainer(config, progress=False)
     result = trainer.train()
     trained = trainer.reranker

@@ -4,15 +4,17 @@ A config file has up to five sections; every key is optional except ``data.train
 and ``train.output_dir``::
 
     [model]   backbone, preset, dtype, gradient_checkpointing, attn_implementation
-    [lora]    enabled, r, alpha, dropout, target_modules
+    [lora]    enabled, r, alpha, dropout, target_modules, fast_dropout
     [data]    train_groups, query_max_length, passage_max_length, group_size,
               validation_fraction, validation_seed
     [train]   output_dir, batch_size, grad_accum_steps, gradcache_chunk_size, epochs,
               max_steps, learning_rate, weight_decay, warmup_ratio, max_grad_norm,
-              temperature, seed, log_every, save_every, resume_from
-    [reranker] stage, init, teachers, student_depths, student_compress, students_per_step,
-              distill_temperature, compensation_r, compensation_alpha, compensation_factors
-              (the Matryoshka reranker trainer only; the retriever ignores it)
+              temperature, seed, log_every, save_every, resume_from, threads,
+              eval_every, eval_queries, eval_group_size, eval_configs
+    [reranker] kind, stage, init, teachers, student_depths, student_compress, students_per_step,
+              exits, distill_from, distill_temperature, compensation_r, compensation_alpha,
+              compensation_factors, compensation_teachers, compensation_heads
+              (the reranker trainers only; the retriever ignores it)
 
 Unknown sections or keys, wrong types and out-of-range values raise
 :class:`~nestrank.errors.ConfigError` naming the file, the key and the fix. Relative paths
@@ -60,13 +62,19 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    """LoRA adapters (peft); ``enabled = false`` fine-tunes every weight instead."""
+    """LoRA adapters (peft); ``enabled = false`` fine-tunes every weight instead.
+
+    ``fast_dropout``: draw the LoRA dropout masks of CPU tensors from a counter-based generator
+    (:mod:`nestrank.train.dropout`; same distribution, another random stream, ~5x cheaper than
+    torch's ``bernoulli_``); ``false`` keeps torch's dropout (the stream of runs before it).
+    """
 
     enabled: bool = True
     r: int = 32
     alpha: int = 64
     dropout: float = 0.1
     target_modules: list[str] = field(default_factory=lambda: list(REPLLAMA_LORA_TARGETS))
+    fast_dropout: bool = True
 
 
 @dataclass
@@ -96,6 +104,14 @@ class OptimConfig:
     without changing the loss. ``max_steps`` (0 = none) caps the optimizer steps.
     ``warmup_ratio`` of the steps warm the learning rate up linearly from 0, then it decays
     linearly to 0. ``save_every`` (0 = only at the end) writes ``checkpoint-STEP`` dirs.
+    ``temperature`` 0 means the trainer's default: 0.01 for the retriever's InfoNCE over
+    normalised embeddings, 1.0 for the rerankers' group loss over raw scores.
+    ``threads`` (0 = torch's default) sets torch's intra-op threads for the run.
+    ``eval_every`` (0 = off) scores ``eval_queries`` held-out groups (0 = all; needs
+    ``data.validation_fraction > 0``) with ``eval_group_size`` passages each (0 = ``data.group_size``)
+    every that many steps and at the end, logs their MRR of the positive and keeps the best
+    checkpoint as ``best/``; ``eval_configs`` (Matryoshka only, default: the full model) are the
+    configurations or profile names whose mean MRR selects it.
     """
 
     output_dir: str = ""
@@ -108,15 +124,28 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    temperature: float = 0.01
+    temperature: float = 0.0
     seed: int = 42
     log_every: int = 1
     save_every: int = 0
     resume_from: str = ""
+    threads: int = 0
+    eval_every: int = 0
+    eval_queries: int = 0
+    eval_group_size: int = 0
+    eval_configs: list[str] = field(default_factory=list)
 
 
 RERANKER_STAGES = ("contrastive", "distill", "compensate")
 RERANKER_KINDS = ("matryoshka", "pointwise")
+EXIT_MODES = ("all", "sampled")
+DISTILL_SOURCES = ("nearest", "all")
+COMPENSATION_TEACHERS = ("compensated", "frozen")
+#: The trainers' temperature when ``train.temperature`` is 0 (unset).
+DEFAULT_TEMPERATURE = {"retriever": 0.01, "reranker": 1.0}
+#: Values that reproduce runs from before a key existed (a checkpoint without the key ran with them).
+LEGACY_VALUES = {("lora", "fast_dropout"): False, ("reranker", "exits"): "sampled", ("reranker", "distill_from"): "all",
+                 ("reranker", "compensation_teachers"): "frozen", ("reranker", "compensation_heads"): False}
 
 
 @dataclass
@@ -136,6 +165,18 @@ class RerankerConfig:
     ``"8:0.5"``; ``""`` is full width). ``distill_temperature`` divides scores in the KL terms
     (``train.temperature`` in the hard-label terms). ``compensation_r``/``_alpha``/``_factors``
     shape the V-/H-LoRA of the ``compensate`` stage (on ``lora.target_modules``).
+
+    Fidelity to the paper (the values after ``|`` reproduce runs from before these keys):
+    ``exits``: ``all`` reads every full-width exit of ``teachers`` and ``student_depths`` each
+    step and samples ``students_per_step`` compressed widths, each pass reading every student
+    depth after its compression | ``sampled``: only the teachers and the sampled students.
+    ``distill_from``: ``nearest``: every scored structure but the deepest learns from its closest
+    super-architecture (a full-width exit from the next deeper full-width exit, a compressed one
+    from the full-width exit at its depth, or the next deeper) | ``all``: students from every
+    deeper teacher (equal weights), teachers from labels only. ``compensation_teachers``:
+    ``compensated``: the compensated full-width exits (teachers included) train and are the
+    targets | ``frozen``: targets from the model without compensation, full-width teacher depths
+    not trained. ``compensation_heads``: train the heads' weights in ``compensate`` too | ``false``.
     """
 
     kind: str = "matryoshka"
@@ -145,10 +186,14 @@ class RerankerConfig:
     student_depths: list[int] = field(default_factory=list)
     student_compress: list[str] = field(default_factory=lambda: [""])
     students_per_step: int = 1
+    exits: str = "all"
+    distill_from: str = "nearest"
     distill_temperature: float = 1.0
     compensation_r: int = 8
     compensation_alpha: int = 16
     compensation_factors: list[int] = field(default_factory=lambda: [2, 4, 8])
+    compensation_teachers: str = "compensated"
+    compensation_heads: bool = True
 
 
 @dataclass
@@ -186,7 +231,14 @@ class TrainConfig:
             (t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}"),
             (0.0 <= t.warmup_ratio <= 1.0, "train.warmup_ratio", f"must be in [0, 1], got {t.warmup_ratio}"),
             (t.max_grad_norm >= 0, "train.max_grad_norm", f"must be >= 0 (0 = no clipping), got {t.max_grad_norm}"),
-            (t.temperature > 0, "train.temperature", f"must be > 0, got {t.temperature}"),
+            (t.temperature >= 0, "train.temperature", f"must be > 0 (0 = the trainer's default), got {t.temperature}"),
+            (t.threads >= 0, "train.threads", f"must be >= 0 (0 = torch's default), got {t.threads}"),
+            (t.eval_every >= 0, "train.eval_every", f"must be >= 0 (0 = off), got {t.eval_every}"),
+            (t.eval_queries >= 0, "train.eval_queries", f"must be >= 0 (0 = all held-out), got {t.eval_queries}"),
+            (t.eval_group_size == 0 or t.eval_group_size >= 2, "train.eval_group_size",
+             f"must be >= 2 (0 = data.group_size), got {t.eval_group_size}"),
+            (t.eval_every == 0 or d.validation_fraction > 0, "train.eval_every",
+             "needs held-out queries (fix: set data.validation_fraction > 0, e.g. 0.1)"),
             (t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}"),
             (t.save_every >= 0, "train.save_every", f"must be >= 0 (0 = only at the end), got {t.save_every}"),
         ]
@@ -223,13 +275,19 @@ class TrainConfig:
             (self.data.group_size >= 2, "data.group_size",
              f"must be >= 2 for the reranker's group loss (1 positive + negatives), got {self.data.group_size}"),
             (r.students_per_step >= 0, "reranker.students_per_step", f"must be >= 0, got {r.students_per_step}"),
-            (r.stage != "compensate" or r.students_per_step >= 1, "reranker.students_per_step",
-             "must be >= 1 for stage = \"compensate\": only students train the compensation"),
+            (r.stage != "compensate" or r.students_per_step >= 1 or r.compensation_teachers == "compensated",
+             "reranker.students_per_step",
+             "must be >= 1 for stage = \"compensate\" with frozen teachers: only students train the compensation"),
             (r.students_per_step == 0 or bool(r.student_depths), "reranker.student_depths",
              "is empty but students_per_step > 0 (fix: list the exit layers students are sampled from, or set "
              "students_per_step = 0)"),
             (bool(r.student_compress), "reranker.student_compress", 'must list at least one width ("" = full width)'),
             (r.distill_temperature > 0, "reranker.distill_temperature", f"must be > 0, got {r.distill_temperature}"),
+            (r.exits in EXIT_MODES, "reranker.exits", f"must be one of {', '.join(EXIT_MODES)}, got {r.exits!r}"),
+            (r.distill_from in DISTILL_SOURCES, "reranker.distill_from",
+             f"must be one of {', '.join(DISTILL_SOURCES)}, got {r.distill_from!r}"),
+            (r.compensation_teachers in COMPENSATION_TEACHERS, "reranker.compensation_teachers",
+             f"must be one of {', '.join(COMPENSATION_TEACHERS)}, got {r.compensation_teachers!r}"),
             (r.compensation_r >= 1, "reranker.compensation_r", f"must be >= 1, got {r.compensation_r}"),
             (r.compensation_alpha >= 1, "reranker.compensation_alpha", f"must be >= 1, got {r.compensation_alpha}"),
             (all(k >= 2 for k in r.compensation_factors) and len(set(r.compensation_factors)) == len(r.compensation_factors),
@@ -262,8 +320,9 @@ class TrainConfig:
             (self.data.group_size >= 2, "data.group_size",
              f"must be >= 2 for the group loss (1 positive + negatives), got {self.data.group_size}"),
         ]
-        for key in ("teachers", "student_depths", "student_compress", "distill_temperature", "compensation_r",
-                    "compensation_alpha", "compensation_factors"):
+        for key in ("teachers", "student_depths", "student_compress", "exits", "distill_from", "distill_temperature",
+                    "compensation_r", "compensation_alpha", "compensation_factors", "compensation_teachers",
+                    "compensation_heads"):
             checks.append((getattr(r, key) == getattr(defaults, key), f"reranker.{key}",
                            "is a Matryoshka setting (fix: remove it for kind = \"pointwise\")"))
         for ok, key, problem in checks:
