@@ -46,7 +46,8 @@ class FastDropout(torch.nn.Module):
         count = x.numel()
         raw = np.random.SFC64(seed).random_raw((count + 1) // 2).view(np.uint32)[:count]
         keep = torch.from_numpy((raw >= self._threshold).reshape(x.shape))
-        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        # where() keeps the boolean mask for the backward pass (1 byte per element, as torch's dropout)
+        return torch.where(keep, x * (1.0 / (1.0 - self.p)), x.new_zeros(()))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
