@@ -11,10 +11,9 @@ and ``train.output_dir``::
               max_steps, learning_rate, weight_decay, warmup_ratio, max_grad_norm,
               temperature, seed, log_every, save_every, resume_from, threads,
               eval_every, eval_queries, eval_group_size, eval_configs
-    [reranker] kind, stage, init, teachers, student_depths, student_compress, students_per_step,
-              exits, distill_from, distill_temperature, compensation_r, compensation_alpha,
-              compensation_factors, compensation_teachers, compensation_heads
-              (the reranker trainers only; the retriever ignores it)
+    [reranker] kind, stage, init, teachers, student_depths, student_compress, students_per_step, exits,
+              distill_from, distill_temperature, compensation_r, compensation_alpha, compensation_factors,
+              compensation_teachers, compensation_heads (the reranker trainers only)
 
 Unknown sections or keys, wrong types and out-of-range values raise
 :class:`~nestrank.errors.ConfigError` naming the file, the key and the fix. Relative paths
@@ -104,14 +103,9 @@ class OptimConfig:
     without changing the loss. ``max_steps`` (0 = none) caps the optimizer steps.
     ``warmup_ratio`` of the steps warm the learning rate up linearly from 0, then it decays
     linearly to 0. ``save_every`` (0 = only at the end) writes ``checkpoint-STEP`` dirs.
-    ``temperature`` 0 means the trainer's default: 0.01 for the retriever's InfoNCE over
-    normalised embeddings, 1.0 for the rerankers' group loss over raw scores.
-    ``threads`` (0 = torch's default) sets torch's intra-op threads for the run.
-    ``eval_every`` (0 = off) scores ``eval_queries`` held-out groups (0 = all; needs
-    ``data.validation_fraction > 0``) with ``eval_group_size`` passages each (0 = ``data.group_size``)
-    every that many steps and at the end, logs their MRR of the positive and keeps the best
-    checkpoint as ``best/``; ``eval_configs`` (Matryoshka only, default: the full model) are the
-    configurations or profile names whose mean MRR selects it.
+    ``temperature`` 0: the trainer's default (retriever 0.01, rerankers 1.0). ``threads``: torch's
+    threads (0 = its default). ``eval_every`` > 0 validates on held-out groups and keeps ``best/``
+    (:mod:`nestrank.train.validation`; ``eval_queries``, ``eval_group_size``, ``eval_configs``).
     """
 
     output_dir: str = ""
@@ -141,8 +135,7 @@ RERANKER_KINDS = ("matryoshka", "pointwise")
 EXIT_MODES = ("all", "sampled")
 DISTILL_SOURCES = ("nearest", "all")
 COMPENSATION_TEACHERS = ("compensated", "frozen")
-#: The trainers' temperature when ``train.temperature`` is 0 (unset).
-DEFAULT_TEMPERATURE = {"retriever": 0.01, "reranker": 1.0}
+DEFAULT_TEMPERATURE = {"retriever": 0.01, "reranker": 1.0}  #: ``train.temperature`` when it is 0 (unset)
 #: Values that reproduce runs from before a key existed (a checkpoint without the key ran with them).
 LEGACY_VALUES = {("lora", "fast_dropout"): False, ("reranker", "exits"): "sampled", ("reranker", "distill_from"): "all",
                  ("reranker", "compensation_teachers"): "frozen", ("reranker", "compensation_heads"): False}
@@ -166,17 +159,11 @@ class RerankerConfig:
     (``train.temperature`` in the hard-label terms). ``compensation_r``/``_alpha``/``_factors``
     shape the V-/H-LoRA of the ``compensate`` stage (on ``lora.target_modules``).
 
-    Fidelity to the paper (the values after ``|`` reproduce runs from before these keys):
-    ``exits``: ``all`` reads every full-width exit of ``teachers`` and ``student_depths`` each
-    step and samples ``students_per_step`` compressed widths, each pass reading every student
-    depth after its compression | ``sampled``: only the teachers and the sampled students.
-    ``distill_from``: ``nearest``: every scored structure but the deepest learns from its closest
-    super-architecture (a full-width exit from the next deeper full-width exit, a compressed one
-    from the full-width exit at its depth, or the next deeper) | ``all``: students from every
-    deeper teacher (equal weights), teachers from labels only. ``compensation_teachers``:
-    ``compensated``: the compensated full-width exits (teachers included) train and are the
-    targets | ``frozen``: targets from the model without compensation, full-width teacher depths
-    not trained. ``compensation_heads``: train the heads' weights in ``compensate`` too | ``false``.
+    Paper fidelity (docs/training.md section 9; the second values reproduce earlier runs):
+    ``exits`` ``all`` (every exit read each step; ``students_per_step`` samples widths) or
+    ``sampled``; ``distill_from`` ``nearest`` (from the close super-architecture) or ``all``;
+    ``compensation_teachers`` ``compensated`` (the full model trains) or ``frozen``;
+    ``compensation_heads`` true or false.
     """
 
     kind: str = "matryoshka"
@@ -283,11 +270,9 @@ class TrainConfig:
              "students_per_step = 0)"),
             (bool(r.student_compress), "reranker.student_compress", 'must list at least one width ("" = full width)'),
             (r.distill_temperature > 0, "reranker.distill_temperature", f"must be > 0, got {r.distill_temperature}"),
-            (r.exits in EXIT_MODES, "reranker.exits", f"must be one of {', '.join(EXIT_MODES)}, got {r.exits!r}"),
-            (r.distill_from in DISTILL_SOURCES, "reranker.distill_from",
-             f"must be one of {', '.join(DISTILL_SOURCES)}, got {r.distill_from!r}"),
-            (r.compensation_teachers in COMPENSATION_TEACHERS, "reranker.compensation_teachers",
-             f"must be one of {', '.join(COMPENSATION_TEACHERS)}, got {r.compensation_teachers!r}"),
+            *[(getattr(r, key) in choices, f"reranker.{key}", f"must be one of {', '.join(choices)}, got "
+              f"{getattr(r, key)!r}") for key, choices in (("exits", EXIT_MODES), ("distill_from", DISTILL_SOURCES),
+                                                            ("compensation_teachers", COMPENSATION_TEACHERS))],
             (r.compensation_r >= 1, "reranker.compensation_r", f"must be >= 1, got {r.compensation_r}"),
             (r.compensation_alpha >= 1, "reranker.compensation_alpha", f"must be >= 1, got {r.compensation_alpha}"),
             (all(k >= 2 for k in r.compensation_factors) and len(set(r.compensation_factors)) == len(r.compensation_factors),
