@@ -88,7 +88,6 @@ def worker(args: argparse.Namespace) -> None:
         from nestrank.train.reranker import train_reranker as train
     train(config, progress=False)
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
-    log = [r for r in log if "loss" in r]
     wall = [b["seconds"] - a["seconds"] for a, b in zip(log, log[1:], strict=False)]
     cpu = [b["cpu_seconds"] - a["cpu_seconds"] for a, b in zip(log, log[1:], strict=False)]
     print(json.dumps({"wall": wall, "cpu": cpu, "batch_size": config.train.batch_size,

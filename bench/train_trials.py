@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from nestrank.train.config import load_config, parse_overrides
-from nestrank.train.loop import LOG_FILE
+from nestrank.train.loop import LOG_FILE, VALIDATION_LOG
 from nestrank.train.validation import BEST_DIR, BEST_FILE
 
 EVAL_DEFAULTS: dict[str, object] = {"train.eval_queries": 40, "train.eval_group_size": 8}
@@ -66,9 +66,9 @@ def main() -> None:
         else:
             from nestrank.train.reranker import train_reranker as train
         train(config, progress=False)
-    log = [json.loads(line) for line in (out / LOG_FILE).read_text(encoding="utf-8").splitlines()]
-    steps = [r for r in log if "loss" in r]
-    checks = [r for r in log if "validation" in r]
+    steps = [json.loads(line) for line in (out / LOG_FILE).read_text(encoding="utf-8").splitlines()]
+    checked = out / VALIDATION_LOG
+    checks = [json.loads(line) for line in checked.read_text(encoding="utf-8").splitlines()] if checked.is_file() else []
     timed = list(zip(steps, steps[1:], strict=False))
     record = {
         "name": args.name, "date": time.strftime("%Y-%m-%d %H:%M"),

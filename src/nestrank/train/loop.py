@@ -40,11 +40,12 @@ if TYPE_CHECKING:
     import torch
     from accelerate import Accelerator
 
-__all__ = ["LOG_FILE", "VALIDATION_FILE", "RerankerTrainer", "Trainer", "TrainResult", "hash_seed", "linear_warmup_decay", "load_groups",
+__all__ = ["LOG_FILE", "VALIDATION_FILE", "VALIDATION_LOG", "RerankerTrainer", "Trainer", "TrainResult", "hash_seed", "linear_warmup_decay", "load_groups",
            "optimizer_and_schedule", "plan_steps"]
 
 LOG_FILE = "train_log.jsonl"
 VALIDATION_FILE = "validation_queries.txt"
+VALIDATION_LOG = "validation_log.jsonl"  # one record per validation (train.eval_every)
 #: A micro-batch's loss (a float, for the log) and its named parts.
 MicroLoss = tuple[float, dict[str, float]]
 
@@ -258,6 +259,7 @@ class Trainer:
             step = load_checkpoint(Path(t.resume_from), cfg, optimizer, scheduler, self.load_model, self.resume_keys)
         elif acc.is_main_process:
             (self.output_dir / LOG_FILE).unlink(missing_ok=True)
+            (self.output_dir / VALIDATION_LOG).unlink(missing_ok=True)
 
         bar = self._progress_bar(total, step)
         start_time, start_cpu, loss = time.perf_counter(), time.process_time(), float("nan")
@@ -301,12 +303,14 @@ class Trainer:
         assert self.module is not None
         self.module.eval()
         try:
-            scores = self.validation_scores(batch)
+            with self.accelerator.autocast():  # bf16 runs: the fp32 heads meet bf16 states as in training
+                scores = self.validation_scores(batch)
         finally:
             self.module.train()
         figures = {f"mrr.{name}" if name else "mrr": group_mrr(table) for name, table in scores.items()}
         figure = sum(figures.values()) / len(figures)
-        self._log({"step": step, "validation": {"mrr_mean": figure, **figures}, "queries": len(batch.queries)})
+        self._log({"step": step, "validation": {"mrr_mean": figure, **figures}, "queries": len(batch.queries)},
+                  VALIDATION_LOG)
         if best is not None and figure <= best[0]:
             return best
         self._save(self.output_dir / BEST_DIR, optimizer, scheduler, step)
@@ -332,10 +336,10 @@ class Trainer:
 
         return tqdm(total=total, initial=initial, desc=self.label, unit="step", dynamic_ncols=True)
 
-    def _log(self, record: dict[str, Any]) -> None:
+    def _log(self, record: dict[str, Any], name: str = LOG_FILE) -> None:
         if not self.accelerator.is_main_process:
             return
-        with open(self.output_dir / LOG_FILE, "a", encoding="utf-8") as handle:
+        with open(self.output_dir / name, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
 
@@ -362,12 +366,13 @@ class RerankerTrainer(Trainer):
         return self.resolve_defaults(config).validate_reranker()
 
     def validation_scores(self, batch: ContrastiveBatch) -> dict[str, np.ndarray]:
-        """The reranker's scores of the held-out pairs: ``{"": full model}`` (Matryoshka: per ``train.eval_configs``)."""
+        """The reranker's scores of the held-out pairs: ``{"": full model}`` (Matryoshka: per ``train.eval_configs``, ``"full"`` for ``""``)."""
         configs = self.config.train.eval_configs or [""]
         queries = [q for q in batch.queries for _ in range(len(batch.passages) // len(batch.queries))]
         shape = (len(batch.queries), -1)
-        return {"" if configs == [""] else config: self.reranker.score(queries, batch.passages, config=config or None)
-                .reshape(shape) for config in configs}
+        return {"" if configs == [""] else config or "full": self.reranker.score(queries, batch.passages,
+                                                                                  config=config or None).reshape(shape)
+                for config in configs}
 
     def check_distributed(self) -> None:
         """One process or DDP only."""

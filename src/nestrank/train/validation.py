@@ -7,8 +7,8 @@ trainer never trains on (``validation_queries.txt``). :func:`validation_batch` t
 run on the same groups, scores the same pairs). A trainer scores them
 (:meth:`~nestrank.train.loop.Trainer.validation_scores`); :func:`group_mrr` is the mean
 reciprocal rank of the positive in its group (ties count against it). The loop logs the
-figures (``validation`` records in ``train_log.jsonl``) and writes the best step's checkpoint
-to ``best/`` with ``best/validation.json``.
+figures (one record per validation in ``validation_log.jsonl``) and writes the best step's
+checkpoint to ``best/`` with ``best/validation.json``.
 """
 
 from __future__ import annotations
