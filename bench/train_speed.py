@@ -6,9 +6,9 @@
 
 "Before" is the code of ``--before`` (default: the commit this work started from), extracted
 with ``git archive`` into a temporary directory (its ``src/`` and ``recipes/``); "after" is this
-checkout. Each stage trains ``--steps`` + 1 optimizer steps in a fresh process per side, sides
-alternating (before, after, after, before, ...) so load on a shared machine falls on both; the
-first step (warm-up) is not timed. Both sides load the before-commit's recipe
+checkout. Each stage trains ``--steps`` + 1 optimizer steps in a fresh process per side, the
+two sides at the same time (``--rounds`` repeats), so load on a shared machine falls on both;
+the first step (warm-up) is not timed. Both sides load the before-commit's recipe
 (``recipes/scifact-smollm2-retriever.toml`` for ``retriever``, ``scifact-smollm2-matryoshka.toml``
 for the rest, ``--set``-style overrides below) with the same groups and seed, so they train on
 the same batches and students; the after side runs the stages' legacy mathematics
@@ -94,16 +94,22 @@ def worker(args: argparse.Namespace) -> None:
                       "loss": [r["loss"] for r in log]}))
 
 
-def run_side(side: str, src: Path, recipes: Path, stage: str, args: argparse.Namespace, out: Path,
-             init: Path | None = None, steps: int | None = None) -> dict:
+def start_side(side: str, src: Path, recipes: Path, stage: str, args: argparse.Namespace, out: Path,
+               init: Path | None = None, steps: int | None = None) -> subprocess.Popen:
+    """Start one side's worker process (its JSON comes back through :func:`finish_side`)."""
     env = {**os.environ, "PYTHONPATH": str(src), "OMP_NUM_THREADS": str(args.threads)}
     cmd = [sys.executable, __file__, "--worker", "--side", side, "--stage", stage, "--out", str(out),
            "--recipes", str(recipes), "--groups", args.groups, "--steps", str(args.steps if steps is None else steps),
            "--threads", str(args.threads), "--backbone", args.backbone or "", "--init", str(init or "")]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=ROOT)
-    if done.returncode != 0:
-        raise SystemExit(f"{side} {stage} failed:\n{done.stderr[-4000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def finish_side(process: subprocess.Popen, what: str) -> dict:
+    """Wait for a worker; its last stdout line is its JSON."""
+    stdout, stderr = process.communicate()
+    if process.returncode != 0:
+        raise SystemExit(f"{what} failed:\n{stderr[-4000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
 
 
 def main() -> None:
@@ -146,22 +152,23 @@ def main() -> None:
             args.backbone = str(tiny_model_dir(work).resolve())
         init = None
         if "comp" in stages:  # a distilled checkpoint to compensate (one step: the speed does not depend on it)
-            run_side("before", *sides["before"], "distill", args, work / "init", steps=0)
             init = work / "init" / "final"
+            if not (init / "trainer_state.json").is_file():
+                finish_side(start_side("before", *sides["before"], "distill", args, work / "init", steps=0), "init")
         figures: dict[str, object] = {"benchmark": "train_speed", "before": args.before, "threads": args.threads,
                                       "model": args.model or "smollm2-135m", "steps": args.steps,
                                       "rounds": args.rounds}
         for stage in stages:
             timed: dict[str, dict[str, list[float]]] = {side: {"wall": [], "cpu": []} for side in sides}
-            order = ["before", "after"]
             for round_ in range(args.rounds):
-                for side in order:
-                    print(f"{stage}: {side} (round {round_ + 1})", file=sys.stderr, flush=True)
-                    result = run_side(side, *sides[side], stage, args, work / f"{stage}-{side}-{round_}", init)
+                print(f"{stage}: round {round_ + 1}, both sides", file=sys.stderr, flush=True)
+                running = {side: start_side(side, *sides[side], stage, args, work / f"{stage}-{side}-{round_}", init)
+                           for side in sides}
+                for side, process in running.items():
+                    result = finish_side(process, f"{side} {stage}")
                     timed[side]["wall"] += result["wall"]
                     timed[side]["cpu"] += result["cpu"]
                     batch = result["batch_size"]
-                order.reverse()
             for side in sides:
                 wall = sum(timed[side]["wall"]) / len(timed[side]["wall"])
                 cpu = sum(timed[side]["cpu"]) / len(timed[side]["cpu"])

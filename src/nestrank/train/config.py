@@ -63,9 +63,9 @@ class ModelConfig:
 class LoraConfig:
     """LoRA adapters (peft); ``enabled = false`` fine-tunes every weight instead.
 
-    ``fast_dropout``: draw the LoRA dropout masks of CPU tensors from a counter-based generator
-    (:mod:`nestrank.train.dropout`; same distribution, another random stream, ~5x cheaper than
-    torch's ``bernoulli_``); ``false`` keeps torch's dropout (the stream of runs before it).
+    ``fast_dropout``: draw the LoRA dropout masks of CPU tensors from numpy's SFC64
+    (:mod:`nestrank.train.dropout`; same distribution, another random stream, a little cheaper
+    than torch's); ``false`` keeps torch's dropout (the stream of runs before it).
     """
 
     enabled: bool = True
