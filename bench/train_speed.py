@@ -19,7 +19,9 @@ dropout masks come from another generator: ``lora.fast_dropout``). Stages: ``ret
 checkpoint made by the before side), ``pointwise`` (RankLLaMA trainer, the Matryoshka recipe's
 shapes). ``examples_per_s`` is ``batch_size`` over the mean wall-clock seconds of a timed step,
 ``examples_per_cpu_s`` the same over this process's CPU seconds (steadier on a shared machine).
-The last stdout line is one JSON object with both per side and stage, and the ratios.
+The last stdout line is one JSON object with both per side and stage, and the ratios. A run
+with the same ``--out`` reuses the stages whose two sides finished there (a stage whose worker
+died, e.g. killed for memory, is measured again, both sides at once).
 """
 
 from __future__ import annotations
@@ -87,11 +89,7 @@ def worker(args: argparse.Namespace) -> None:
     else:
         from nestrank.train.reranker import train_reranker as train
     train(config, progress=False)
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
-    wall = [b["seconds"] - a["seconds"] for a, b in zip(log, log[1:], strict=False)]
-    cpu = [b["cpu_seconds"] - a["cpu_seconds"] for a, b in zip(log, log[1:], strict=False)]
-    print(json.dumps({"wall": wall, "cpu": cpu, "batch_size": config.train.batch_size,
-                      "loss": [r["loss"] for r in log]}))
+    print(json.dumps(timings(out)))
 
 
 def start_side(side: str, src: Path, recipes: Path, stage: str, args: argparse.Namespace, out: Path,
@@ -102,6 +100,21 @@ def start_side(side: str, src: Path, recipes: Path, stage: str, args: argparse.N
            "--recipes", str(recipes), "--groups", args.groups, "--steps", str(args.steps if steps is None else steps),
            "--threads", str(args.threads), "--backbone", args.backbone or "", "--init", str(init or "")]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+
+
+def timings(out: Path) -> dict:
+    """The timed steps of a finished worker's run directory (its log), as the worker prints them."""
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text(encoding="utf-8").splitlines()]
+    state = json.loads((out / "final" / "trainer_state.json").read_text(encoding="utf-8"))
+    return {"wall": [b["seconds"] - a["seconds"] for a, b in zip(log, log[1:], strict=False)],
+            "cpu": [b["cpu_seconds"] - a["cpu_seconds"] for a, b in zip(log, log[1:], strict=False)],
+            "batch_size": state["config"]["train"]["batch_size"], "loss": [r["loss"] for r in log]}
+
+
+def finished(out: Path, steps: int) -> bool:
+    """Whether ``out`` holds a worker run of ``steps`` timed steps (a re-run with the same --out reuses it)."""
+    log = out / "train_log.jsonl"
+    return (out / "final" / "trainer_state.json").is_file() and len(log.read_text().splitlines()) == steps + 1
 
 
 def finish_side(process: subprocess.Popen, what: str) -> dict:
@@ -162,10 +175,13 @@ def main() -> None:
             timed: dict[str, dict[str, list[float]]] = {side: {"wall": [], "cpu": []} for side in sides}
             for round_ in range(args.rounds):
                 print(f"{stage}: round {round_ + 1}, both sides", file=sys.stderr, flush=True)
-                running = {side: start_side(side, *sides[side], stage, args, work / f"{stage}-{side}-{round_}", init)
-                           for side in sides}
-                for side, process in running.items():
-                    result = finish_side(process, f"{side} {stage}")
+                runs = {side: work / f"{stage}-{side}-{round_}" for side in sides}
+                if all(finished(out, args.steps) for out in runs.values()):  # measured before with this --out
+                    running = {}
+                else:
+                    running = {side: start_side(side, *sides[side], stage, args, runs[side], init) for side in sides}
+                for side in sides:
+                    result = finish_side(running[side], f"{side} {stage}") if running else timings(runs[side])
                     timed[side]["wall"] += result["wall"]
                     timed[side]["cpu"] += result["cpu"]
                     batch = result["batch_size"]

@@ -304,10 +304,10 @@ class TrainConfig:
             (self.lora.enabled, "lora.enabled", "must be true: the pointwise trainer trains LoRA + the score head"),
             (self.data.group_size >= 2, "data.group_size",
              f"must be >= 2 for the group loss (1 positive + negatives), got {self.data.group_size}"),
+            (not self.train.eval_configs, "train.eval_configs", "are Matryoshka configurations (fix: remove them)"),
         ]
-        for key in ("teachers", "student_depths", "student_compress", "exits", "distill_from", "distill_temperature",
-                    "compensation_r", "compensation_alpha", "compensation_factors", "compensation_teachers",
-                    "compensation_heads"):
+        for key in [f.name for f in dataclasses.fields(RerankerConfig) if f.name not in ("kind", "stage", "init",
+                                                                                        "students_per_step")]:
             checks.append((getattr(r, key) == getattr(defaults, key), f"reranker.{key}",
                            "is a Matryoshka setting (fix: remove it for kind = \"pointwise\")"))
         for ok, key, problem in checks:
