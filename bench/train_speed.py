@@ -17,7 +17,9 @@ the same batches and students; the after side runs the stages' legacy mathematic
 dropout masks come from another generator: ``lora.fast_dropout``). Stages: ``retriever``,
 ``plain`` (``contrastive``), ``distill``, ``comp`` (``compensate``, from a 1-step distilled
 checkpoint made by the before side), ``pointwise`` (RankLLaMA trainer, the Matryoshka recipe's
-shapes). ``examples_per_s`` is ``batch_size`` over the mean wall-clock seconds of a timed step,
+shapes). ``--bf16`` adds a third side, ``after_bf16``: the after code with ``model.dtype =
+"bfloat16"`` (bf16 weights and autocast; LoRA adapters and heads stay fp32), reported with
+``<stage>.ratio_bf16``: a different arithmetic, so its quality needs its own validation. ``examples_per_s`` is ``batch_size`` over the mean wall-clock seconds of a timed step,
 ``examples_per_cpu_s`` the same over this process's CPU seconds (steadier on a shared machine).
 The last stdout line is one JSON object with both per side and stage, and the ratios. A run
 with the same ``--out`` reuses the stages whose two sides finished there (a stage whose worker
@@ -81,8 +83,10 @@ def worker(args: argparse.Namespace) -> None:
             overrides.update({"reranker.kind": "pointwise", "reranker.teachers": [], "reranker.student_depths": [],
                               "reranker.student_compress": [""], "reranker.students_per_step": 0,
                               "reranker.compensation_factors": [2, 4, 8]})
-        if args.side == "after" and stage != "pointwise":
+        if args.side != "before" and stage != "pointwise":
             overrides.update(LEGACY_MATH)
+    if args.side == "after_bf16":
+        overrides["model.dtype"] = "bfloat16"
     config = load_config(Path(args.recipes) / recipe, overrides)
     if stage == "retriever":
         from nestrank.train.retriever import train_retriever as train
@@ -130,7 +134,10 @@ def main() -> None:
     parser.add_argument("--before", default=BASE_COMMIT, help="Commit of the 'before' code (default: %(default)s).")
     parser.add_argument("--stages", default=",".join(STAGES), help="Comma-separated stages (default: all).")
     parser.add_argument("--steps", type=int, default=4, help="Timed steps per run (one more is trained, untimed).")
-    parser.add_argument("--rounds", type=int, default=1, help="Runs per side and stage (sides alternate).")
+    parser.add_argument("--rounds", type=int, default=1, help="Runs per side and stage.")
+    parser.add_argument("--bf16", action="store_true",
+                        help="Also run the after code with model.dtype = bfloat16 (side after_bf16: NOT the same "
+                             "arithmetic; this CPU's AVX512-BF16 matrix multiplies run ~4x fp32's).")
     parser.add_argument("--threads", type=int, default=1, help="torch threads of every run (default 1).")
     parser.add_argument("--groups", default="out/data/train-groups.jsonl",
                         help="Training groups (e.g. `nestrank mine` over BM25; bench/train_reranker.py writes some).")
@@ -158,6 +165,8 @@ def main() -> None:
         work = Path(args.out or tmp)
         before = extract(args.before, work / "before")
         sides = {"before": (before / "src", before / "recipes"), "after": (ROOT / "src", before / "recipes")}
+        if args.bf16:
+            sides["after_bf16"] = sides["after"]
         if args.model == "tiny":
             sys.path.insert(0, str(ROOT / "bench"))
             from rerank_quality import tiny_model_dir
@@ -191,9 +200,10 @@ def main() -> None:
                 figures[f"{stage}.{side}.seconds_per_step"] = round(wall, 3)
                 figures[f"{stage}.{side}.examples_per_s"] = round(batch / wall, 4)
                 figures[f"{stage}.{side}.examples_per_cpu_s"] = round(batch / cpu, 4)
-            for unit in ("examples_per_s", "examples_per_cpu_s"):
-                figures[f"{stage}.ratio" + ("" if unit == "examples_per_s" else "_cpu")] = round(
-                    figures[f"{stage}.after.{unit}"] / figures[f"{stage}.before.{unit}"], 3)
+            for side in [name for name in sides if name != "before"]:
+                for unit in ("examples_per_s", "examples_per_cpu_s"):
+                    key = f"{stage}.ratio" + ("" if unit == "examples_per_s" else "_cpu") + side.removeprefix("after")
+                    figures[key] = round(figures[f"{stage}.{side}.{unit}"] / figures[f"{stage}.before.{unit}"], 3)
             print(json.dumps({k: v for k, v in figures.items() if k.startswith(stage + ".")}), file=sys.stderr,
                   flush=True)
     figures["minutes"] = round((time.perf_counter() - start) / 60, 1)
