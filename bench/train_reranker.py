@@ -270,6 +270,11 @@ def main() -> None:
                              "evaluating: run two benches with one stage each and --threads 1 to train plain and "
                              "distill side by side; a later run reuses them.")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
+    parser.add_argument("--groups", default=None, metavar="JSONL",
+                        help="Training groups to use instead of mining BM25's (e.g. `nestrank mine --run bm25.run "
+                             "--run hybrid.run`); copied to <out>/train-groups.jsonl on the first run.")
+    parser.add_argument("--checkpoint", default="final", choices=("final", "best"),
+                        help="Evaluate each stage's final/ or its best/ (validation-selected: train.eval_every).")
     args = parser.parse_args()
     tiny = args.model == "tiny"
     if args.model not in (None, "tiny"):
@@ -310,6 +315,10 @@ def main() -> None:
     out = Path(args.out or base.train.output_dir + suffix)
     out.mkdir(parents=True, exist_ok=True)
     groups_path = out / "train-groups.jsonl"
+    if args.groups and not groups_path.is_file():
+        import shutil
+
+        shutil.copyfile(args.groups, groups_path)
     overrides: dict[str, object] = {"data.train_groups": str(groups_path)}
     if tiny:
         torch.set_num_threads(1)  # tiny models run far faster on one thread on this busy 2-core machine
@@ -326,7 +335,8 @@ def main() -> None:
     light = args.light or (TINY_LIGHT if tiny else LIGHT)
     figures: dict[str, object] = {"benchmark": "train_reranker", "recipe": args.recipe, "overrides": args.set,
                                   "model": "tiny" if tiny else base.model.backbone, "smoke": args.smoke,
-                                  "depth": args.depth, "light": light, "init": args.init}
+                                  "depth": args.depth, "light": light, "init": args.init,
+                                  "checkpoint": args.checkpoint, "groups": args.groups}
 
     ds = Dataset.open(args.dataset)
     train_qrels, test_qrels = ds.qrels("train"), ds.qrels("test")
@@ -387,7 +397,7 @@ def main() -> None:
             d.model.backbone, dtype=dtype, max_passage_tokens=args.passage_tokens or d.data.passage_max_length,
             max_query_tokens=d.data.query_max_length),
         **{stage: (lambda stage=stage: MatryoshkaReranker.from_pretrained(
-            out / stage / "final", dtype=dtype, **longer))
+            out / stage / args.checkpoint, dtype=dtype, **longer))
            for stage in STAGES}}  # a checkpoint records the passage and query lengths it was trained with
     fuse_file = out / FUSE_FILE.format(tag=tag)
     chosen = {} if args.validation_only or not fuse_file.is_file() else json.loads(fuse_file.read_text("utf-8"))

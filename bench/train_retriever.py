@@ -112,6 +112,11 @@ def main() -> None:
                         help="Override a recipe value, e.g. --set train.learning_rate=1e-4 (repeatable).")
     parser.add_argument("--validation-only", action="store_true",
                         help="For hyperparameter sweeps: skip the zero-shot encoder and print no test figures.")
+    parser.add_argument("--groups", default=None, metavar="JSONL",
+                        help="Training groups to use instead of mining BM25's (e.g. `nestrank mine --run bm25.run "
+                             "--run hybrid.run`); copied to <out>/train-groups.jsonl on the first run.")
+    parser.add_argument("--checkpoint", default="final", choices=("final", "best"),
+                        help="Evaluate final/ or best/ (validation-selected: train.eval_every).")
     args = parser.parse_args()
 
     overrides: dict[str, object] = parse_overrides(args.set)
@@ -119,6 +124,10 @@ def main() -> None:
     out = Path(args.out or base.train.output_dir + ("-smoke" if args.smoke else ""))
     out.mkdir(parents=True, exist_ok=True)
     groups_path = out / "train-groups.jsonl"
+    if args.groups and not groups_path.is_file():
+        import shutil
+
+        shutil.copyfile(args.groups, groups_path)
     overrides.update({"train.output_dir": str(out), "data.train_groups": str(groups_path)})
     max_steps = args.max_steps if args.max_steps is not None else (2 if args.smoke else None)
     if max_steps is not None:
@@ -126,7 +135,8 @@ def main() -> None:
     if args.smoke:
         overrides["train.save_every"] = 0
     config = load_config(args.recipe, overrides)
-    figures: dict[str, object] = {"recipe": args.recipe, "overrides": args.set, "smoke": args.smoke}
+    figures: dict[str, object] = {"recipe": args.recipe, "overrides": args.set, "smoke": args.smoke,
+                                  "checkpoint": args.checkpoint, "groups": args.groups}
 
     ds = Dataset.open(args.dataset)
     train_qrels, test_qrels = ds.qrels("train"), ds.qrels("test")
@@ -154,6 +164,7 @@ def main() -> None:
         figures.update({"train_minutes": round(result.seconds / 60, 2), "train_steps": result.steps,
                         "seconds_per_step": round(per_step, 2), "final_loss": round(result.loss, 4),
                         "cpu_seconds_per_step": round(float(np.mean(cpu)), 2) if cpu else None})
+    ckpt = out / args.checkpoint
     state = json.loads((ckpt / "trainer_state.json").read_text())
     held_file = out / VALIDATION_FILE  # written by the trainer: the held-out training queries
     held = set(held_file.read_text(encoding="utf-8").split()) if held_file.is_file() else set()
@@ -187,7 +198,8 @@ def main() -> None:
         encoder = make()
         encoder.show_progress = False
         all_queries = Queries({qid: text for queries, _ in eval_sets.values() for qid, text in queries.items()})
-        run, docs_per_s = dense_run(encoder, corpus, out / f"{name}.emb", all_queries, name)
+        tag = "-best" if name == "trained" and args.checkpoint == "best" else ""  # embeddings per checkpoint
+        run, docs_per_s = dense_run(encoder, corpus, out / f"{name}{tag}.emb", all_queries, name)
         for split, (queries, qrels) in eval_sets.items():
             scores = evaluate(Run({q: run[q] for q in queries}), qrels, "ndcg@10,recall@100")
             prefix = name if split == "test" else f"validation.{name}"
@@ -197,7 +209,8 @@ def main() -> None:
             figures[f"{name}.projected_corpus_encode_minutes"] = round(len(ds.corpus) / docs_per_s / 60, 1)
         del encoder
     if "trained" in encoders:
-        figures["trained.reload_max_abs_diff"] = reload_check(ckpt, corpus, out / "trained.emb")
+        tag = "-best" if args.checkpoint == "best" else ""
+        figures["trained.reload_max_abs_diff"] = reload_check(ckpt, corpus, out / f"trained{tag}.emb")
     if "projected_train_minutes" in figures and "trained.projected_corpus_encode_minutes" in figures:
         encode = sum(figures.get(f"{name}.projected_corpus_encode_minutes", 0.0) for name in encoders)
         figures["projected_full_bench_minutes"] = round(

@@ -20,6 +20,7 @@ import numpy as np
 from nestrank.data import Corpus, Document
 from nestrank.data.groups import TrainingGroup, write_groups
 from nestrank.models.tiny import save_tiny_llama
+from nestrank.train.config import config_from_dict
 
 if TYPE_CHECKING:
     import pytest
@@ -249,3 +250,44 @@ def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, *ar
         code = int(exc.code or 0)
     out, err = capsys.readouterr()
     return code, out, err
+
+
+def matryoshka_train_config(setup, out: Path, reranker: dict | None = None, lora: dict | None = None, **train):
+    """A tiny Matryoshka trainer config over ``setup = (base model dir, groups file)``; keyword arguments go to [train]."""
+    base, groups = setup
+    return config_from_dict({
+        "model": {"backbone": str(base)},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, **(lora or {})},
+        "data": {"train_groups": str(groups), "group_size": 3, "query_max_length": 16, "passage_max_length": 24},
+        "train": {"output_dir": str(out), "batch_size": 4, "max_steps": 2, "epochs": 10, "learning_rate": 1e-2,
+                  "warmup_ratio": 0.0, "temperature": 1.0, **train},
+        "reranker": {"stage": "distill", "teachers": [3, 6], "student_depths": [2, 3, 4, 5],
+                     "student_compress": ["", "1:0.5", "2:0.5"], "students_per_step": 2, **(reranker or {})},
+    })
+
+
+def retriever_train_config(setup, out: Path, lora: dict | None = None, data: dict | None = None, model: dict | None = None,
+                **train):
+    """A tiny retriever trainer config over ``setup = (base model dir, groups file)``; keyword arguments go to [train]."""
+    tiny, groups = setup
+    return config_from_dict({
+        "model": {"backbone": str(tiny), **(model or {})},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, **(lora or {})},
+        "data": {"train_groups": str(groups), "group_size": 3, "query_max_length": 8, "passage_max_length": 16,
+                 **(data or {})},
+        "train": {"output_dir": str(out), "batch_size": 4, "max_steps": 2, "learning_rate": 1e-2,
+                  "warmup_ratio": 0.0, **train},
+    })
+
+
+def pointwise_train_config(setup, out: Path, reranker: dict | None = None, **train):
+    """A tiny pointwise-reranker trainer config over ``setup = (base model dir, groups file)``."""
+    base, groups = setup
+    return config_from_dict({
+        "model": {"backbone": str(base)},
+        "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
+        "data": {"train_groups": str(groups), "group_size": 3, "query_max_length": 16, "passage_max_length": 24},
+        "train": {"output_dir": str(out), "batch_size": 4, "max_steps": 8, "epochs": 10, "learning_rate": 3e-2,
+                  "warmup_ratio": 0.0, "temperature": 1.0, **train},
+        "reranker": {"kind": "pointwise", "stage": "contrastive", **(reranker or {})},
+    })

@@ -27,7 +27,7 @@ def test_recipes_load_with_paper_settings():
 def test_defaults_and_int_to_float():
     cfg = config_from_dict({**MINIMAL, "train": {"output_dir": "o", "learning_rate": 1}})
     assert cfg.train.learning_rate == 1.0 and isinstance(cfg.train.learning_rate, float)
-    assert cfg.data.group_size == 16 and cfg.train.temperature == 0.01
+    assert cfg.data.group_size == 16 and cfg.train.temperature == 0.0  # 0: the trainer's default (0.01 / 1.0)
 
 
 @pytest.mark.parametrize(("data", "message"), [
@@ -38,7 +38,7 @@ def test_defaults_and_int_to_float():
     ({"lora": {"enabled": "yes"}}, "lora.enabled must be true or false"),
     ({"lora": {"target_modules": "q_proj"}}, "lora.target_modules must be a list"),
     ({"lora": {"target_modules": [1]}}, r"lora.target_modules\[0\] must be a str"),
-    ({"train": {"output_dir": "o", "temperature": 0}}, "train.temperature must be > 0"),
+    ({"train": {"output_dir": "o", "temperature": -1}}, "train.temperature must be > 0"),
     ({"data": {"train_groups": "g", "group_size": 0}}, "data.group_size must be >= 1"),
     ({"model": {"dtype": "float16"}}, "model.dtype must be one of float32, bfloat16"),
     ({"data": {"train_groups": ""}}, "data.train_groups is required"),

@@ -11,13 +11,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from helpers import pointwise_train_config as make_config  # noqa: E402
 from helpers import rerank_groups  # noqa: E402
 
 from nestrank.errors import ConfigError  # noqa: E402
 from nestrank.models.pointwise import PointwiseReranker  # noqa: E402
 from nestrank.models.tiny import byte_tokenizer, save_tiny_llama  # noqa: E402
 from nestrank.rerank import detect_kind, load_reranker  # noqa: E402
-from nestrank.train.config import config_from_dict  # noqa: E402
 from nestrank.train.pointwise import PointwiseTrainer  # noqa: E402
 from nestrank.train.reranker import train_reranker  # noqa: E402
 
@@ -34,18 +34,6 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("train-pointwise")
     base = save_tiny_llama(root / "tiny", byte_tokenizer(eos=True), layers=2)
     return base, rerank_groups(root / "groups.jsonl")
-
-
-def make_config(setup, out: Path, reranker: dict | None = None, **train):
-    base, groups = setup
-    return config_from_dict({
-        "model": {"backbone": str(base)},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.1},
-        "data": {"train_groups": str(groups), "group_size": 3, "query_max_length": 16, "passage_max_length": 24},
-        "train": {"output_dir": str(out), "batch_size": 4, "max_steps": 8, "epochs": 10, "learning_rate": 3e-2,
-                  "warmup_ratio": 0.0, "temperature": 1.0, **train},
-        "reranker": {"kind": "pointwise", "stage": "contrastive", **(reranker or {})},
-    })
 
 
 def log(out: Path) -> list[dict]:

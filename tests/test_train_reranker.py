@@ -15,6 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
+from helpers import matryoshka_train_config as make_config  # noqa: E402
 from helpers import rerank_groups  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
@@ -38,19 +39,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def setup(tiny_llama_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("train-reranker")
     return tiny_llama_dir, rerank_groups(root / "groups.jsonl")
-
-
-def make_config(setup, out: Path, reranker: dict | None = None, lora: dict | None = None, **train):
-    base, groups = setup
-    return config_from_dict({
-        "model": {"backbone": str(base)},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, **(lora or {})},
-        "data": {"train_groups": str(groups), "group_size": 3, "query_max_length": 16, "passage_max_length": 24},
-        "train": {"output_dir": str(out), "batch_size": 4, "max_steps": 2, "epochs": 10, "learning_rate": 1e-2,
-                  "warmup_ratio": 0.0, "temperature": 1.0, **train},
-        "reranker": {"stage": "distill", "teachers": [3, 6], "student_depths": [2, 3, 4, 5],
-                     "student_compress": ["", "1:0.5", "2:0.5"], "students_per_step": 2, **(reranker or {})},
-    })
 
 
 def log(out: Path) -> list[dict]:
@@ -87,7 +75,8 @@ def distilled(setup, tmp_path_factory):
     ({"student_depths": []}, {}, "students_per_step = 0"),
     ({"compensation_factors": [1, 2]}, {}, "reranker.compensation_factors"),
     ({"distill_temperature": 0}, {}, "reranker.distill_temperature"),
-    ({"stage": "compensate", "init": "x", "students_per_step": 0}, {}, "only students train the compensation"),
+    ({"stage": "compensate", "init": "x", "students_per_step": 0, "compensation_teachers": "frozen"}, {},
+     "only students train the compensation"),
     ({}, {"enabled": False}, "lora.enabled"),
 ])
 def test_config_errors(setup, tmp_path, reranker, lora, match):
@@ -98,7 +87,8 @@ def test_config_errors(setup, tmp_path, reranker, lora, match):
 @pytest.mark.parametrize(("reranker", "match"), [
     ({"teachers": [7]}, "layer 7 does not exist"),
     ({"teachers": [3]}, r"student_depths \[4, 5\] are deeper than the deepest teacher 3"),
-    ({"students_per_step": 20}, "exceeds the 10 distinct students"),
+    ({"students_per_step": 20, "exits": "sampled"}, "exceeds the 10 distinct students"),
+    ({"students_per_step": 3}, "exceeds the 2 compressed widths"),
     ({"init": "nowhere"}, "reranker.init: nowhere is not a Matryoshka checkpoint"),
 ])
 def test_errors_found_with_the_model(setup, tmp_path, reranker, match):
@@ -149,8 +139,11 @@ def test_contrastive_loss_goes_down_and_checkpoint_reloads(setup, tmp_path):
     assert not np.allclose(fresh.score("where is the cat", DOCS), loaded.score("where is the cat", DOCS), atol=1e-3)
 
 
+LEGACY = {"exits": "sampled", "distill_from": "all", "compensation_teachers": "frozen", "compensation_heads": False}
+
+
 def test_distill_logged_loss_is_eq9_on_the_batch(setup, tmp_path):
-    config = make_config(setup, tmp_path, max_steps=1)
+    config = make_config(setup, tmp_path, LEGACY, max_steps=1)
     train_reranker(config, progress=False)
     (record,) = log(tmp_path)
     # recompute with the untrained reranker (LoRA B = 0) through the public scoring API
@@ -181,7 +174,8 @@ def test_compensate_trains_only_the_compensation(setup, distilled, tmp_path):
     heads = {k: v.clone() for k, v in init.heads.state_dict().items()}
     out = tmp_path / "comp"
     config = make_config(setup, out, {"stage": "compensate", "init": str(distill_result.checkpoint),
-                                      "compensation_r": 2, "compensation_alpha": 4, "compensation_factors": [2, 4]})
+                                      "compensation_r": 2, "compensation_alpha": 4, "compensation_factors": [2, 4],
+                                      **LEGACY})
     trainer = MatryoshkaTrainer(config, progress=False)
     result = trainer.train()
     trained = trainer.reranker

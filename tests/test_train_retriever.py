@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("peft")
 
 from helpers import retrieval_groups  # noqa: E402
+from helpers import retriever_train_config as make_config  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 
 from nestrank.data import Document  # noqa: E402
@@ -19,28 +20,14 @@ from nestrank.data.groups import TrainingGroup  # noqa: E402
 from nestrank.errors import ConfigError  # noqa: E402
 from nestrank.models.dense import DenseEncoder  # noqa: E402
 from nestrank.train.batches import GroupBatcher, holdout  # noqa: E402
-from nestrank.train.config import config_from_dict  # noqa: E402
-from nestrank.train.loop import linear_warmup_decay  # noqa: E402
 from nestrank.train.retriever import RetrieverTrainer, train_retriever  # noqa: E402
+from nestrank.train.schedule import linear_warmup_decay  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def setup(word_llama_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("train")
     return word_llama_dir, retrieval_groups(root / "groups.jsonl")
-
-
-def make_config(setup, out: Path, lora: dict | None = None, data: dict | None = None, model: dict | None = None,
-                **train):
-    tiny, groups = setup
-    return config_from_dict({
-        "model": {"backbone": str(tiny), **(model or {})},
-        "lora": {"r": 4, "alpha": 8, "dropout": 0.0, **(lora or {})},
-        "data": {"train_groups": str(groups), "group_size": 3, "query_max_length": 8, "passage_max_length": 16,
-                 **(data or {})},
-        "train": {"output_dir": str(out), "batch_size": 4, "max_steps": 2, "learning_rate": 1e-2,
-                  "warmup_ratio": 0.0, **train},
-    })
 
 
 def adapter(path: Path) -> dict[str, torch.Tensor]:

@@ -44,5 +44,16 @@ def add_lora(model: torch.nn.Module, config: TrainConfig, task_type: str, **opti
 
     lo = config.lora
     check_lora_targets(model, lo.target_modules, config.model.backbone)
-    return get_peft_model(model, LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
-                                            target_modules=list(lo.target_modules), task_type=task_type, **options))
+    peft_model = get_peft_model(model, LoraConfig(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout,
+                                                  target_modules=list(lo.target_modules), task_type=task_type,
+                                                  **options))
+    return finish_lora(peft_model, config)
+
+
+def finish_lora(peft_model: PeftModel, config: TrainConfig) -> PeftModel:
+    """``peft_model`` with :class:`~nestrank.train.dropout.FastDropout` LoRA dropout when ``lora.fast_dropout``."""
+    if config.lora.fast_dropout:
+        from nestrank.train.dropout import use_fast_dropout
+
+        use_fast_dropout(peft_model)
+    return peft_model

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from nestrank.errors import ArtifactError, ConfigError
 from nestrank.files import atomic_dir
 from nestrank.integrity import read_checksums, reading, verify_checksums, write_checksums
-from nestrank.train.config import TrainConfig
+from nestrank.train.config import LEGACY_VALUES, TrainConfig
 
 if TYPE_CHECKING:
     import torch
@@ -166,9 +166,13 @@ def load_adapter_weights(peft_model: PeftModel, adapter_dir: Path, checkpoint: P
 
 def check_compatible(saved: dict[str, dict], current: dict[str, dict], path: Path,
                      keys_by_section: dict[str, tuple[str, ...] | None] = RESUME_KEYS) -> None:
-    """Raise :class:`ConfigError` when a setting in ``keys_by_section`` (``None``: the whole section) changed."""
+    """Raise :class:`ConfigError` when a setting in ``keys_by_section`` (``None``: the whole section) changed.
+
+    A key the checkpoint predates counts as its legacy value (:data:`~nestrank.train.config.LEGACY_VALUES`).
+    """
     for section, keys in keys_by_section.items():
         for key in keys or current[section]:
-            if saved.get(section, {}).get(key) != current[section][key]:
-                raise ConfigError(f"cannot resume from {path}: {section}.{key} was {saved.get(section, {}).get(key)!r} "
-                                  f"there and is {current[section][key]!r} now (fix: use the checkpoint's settings)")
+            was = saved.get(section, {}).get(key, LEGACY_VALUES.get((section, key)))
+            if was != current[section][key]:
+                raise ConfigError(f"cannot resume from {path}: {section}.{key} was {was!r} there and is "
+                                  f"{current[section][key]!r} now (fix: use the checkpoint's settings)")

@@ -4,15 +4,16 @@ A config file has up to five sections; every key is optional except ``data.train
 and ``train.output_dir``::
 
     [model]   backbone, preset, dtype, gradient_checkpointing, attn_implementation
-    [lora]    enabled, r, alpha, dropout, target_modules
+    [lora]    enabled, r, alpha, dropout, target_modules, fast_dropout
     [data]    train_groups, query_max_length, passage_max_length, group_size,
               validation_fraction, validation_seed
     [train]   output_dir, batch_size, grad_accum_steps, gradcache_chunk_size, epochs,
               max_steps, learning_rate, weight_decay, warmup_ratio, max_grad_norm,
-              temperature, seed, log_every, save_every, resume_from
-    [reranker] stage, init, teachers, student_depths, student_compress, students_per_step,
-              distill_temperature, compensation_r, compensation_alpha, compensation_factors
-              (the Matryoshka reranker trainer only; the retriever ignores it)
+              temperature, seed, log_every, save_every, resume_from, threads,
+              eval_every, eval_queries, eval_group_size, eval_configs
+    [reranker] kind, stage, init, teachers, student_depths, student_compress, students_per_step, exits,
+              distill_from, distill_temperature, compensation_r, compensation_alpha, compensation_factors,
+              compensation_teachers, compensation_heads (the reranker trainers only)
 
 Unknown sections or keys, wrong types and out-of-range values raise
 :class:`~nestrank.errors.ConfigError` naming the file, the key and the fix. Relative paths
@@ -60,13 +61,19 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    """LoRA adapters (peft); ``enabled = false`` fine-tunes every weight instead."""
+    """LoRA adapters (peft); ``enabled = false`` fine-tunes every weight instead.
+
+    ``fast_dropout``: draw the LoRA dropout masks of CPU tensors from numpy's SFC64
+    (:mod:`nestrank.train.dropout`; same distribution, another random stream, a little cheaper
+    than torch's); ``false`` keeps torch's dropout (the stream of runs before it).
+    """
 
     enabled: bool = True
     r: int = 32
     alpha: int = 64
     dropout: float = 0.1
     target_modules: list[str] = field(default_factory=lambda: list(REPLLAMA_LORA_TARGETS))
+    fast_dropout: bool = True
 
 
 @dataclass
@@ -96,6 +103,9 @@ class OptimConfig:
     without changing the loss. ``max_steps`` (0 = none) caps the optimizer steps.
     ``warmup_ratio`` of the steps warm the learning rate up linearly from 0, then it decays
     linearly to 0. ``save_every`` (0 = only at the end) writes ``checkpoint-STEP`` dirs.
+    ``temperature`` 0: the trainer's default (retriever 0.01, rerankers 1.0). ``threads``: torch's
+    threads (0 = its default). ``eval_every`` > 0 validates on held-out groups and keeps ``best/``
+    (:mod:`nestrank.train.validation`; ``eval_queries``, ``eval_group_size``, ``eval_configs``).
     """
 
     output_dir: str = ""
@@ -108,15 +118,27 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.1
     max_grad_norm: float = 1.0
-    temperature: float = 0.01
+    temperature: float = 0.0
     seed: int = 42
     log_every: int = 1
     save_every: int = 0
     resume_from: str = ""
+    threads: int = 0
+    eval_every: int = 0
+    eval_queries: int = 0
+    eval_group_size: int = 0
+    eval_configs: list[str] = field(default_factory=list)
 
 
 RERANKER_STAGES = ("contrastive", "distill", "compensate")
 RERANKER_KINDS = ("matryoshka", "pointwise")
+EXIT_MODES = ("all", "sampled")
+DISTILL_SOURCES = ("nearest", "all")
+COMPENSATION_TEACHERS = ("compensated", "frozen")
+DEFAULT_TEMPERATURE = {"retriever": 0.01, "reranker": 1.0}  #: ``train.temperature`` when it is 0 (unset)
+#: Values that reproduce runs from before a key existed (a checkpoint without the key ran with them).
+LEGACY_VALUES = {("lora", "fast_dropout"): False, ("reranker", "exits"): "sampled", ("reranker", "distill_from"): "all",
+                 ("reranker", "compensation_teachers"): "frozen", ("reranker", "compensation_heads"): False}
 
 
 @dataclass
@@ -136,6 +158,12 @@ class RerankerConfig:
     ``"8:0.5"``; ``""`` is full width). ``distill_temperature`` divides scores in the KL terms
     (``train.temperature`` in the hard-label terms). ``compensation_r``/``_alpha``/``_factors``
     shape the V-/H-LoRA of the ``compensate`` stage (on ``lora.target_modules``).
+
+    Paper fidelity (docs/training.md section 9; the second values reproduce earlier runs):
+    ``exits`` ``all`` (every exit read each step; ``students_per_step`` samples widths) or
+    ``sampled``; ``distill_from`` ``nearest`` (from the close super-architecture) or ``all``;
+    ``compensation_teachers`` ``compensated`` (the full model trains) or ``frozen``;
+    ``compensation_heads`` true or false.
     """
 
     kind: str = "matryoshka"
@@ -145,10 +173,14 @@ class RerankerConfig:
     student_depths: list[int] = field(default_factory=list)
     student_compress: list[str] = field(default_factory=lambda: [""])
     students_per_step: int = 1
+    exits: str = "all"
+    distill_from: str = "nearest"
     distill_temperature: float = 1.0
     compensation_r: int = 8
     compensation_alpha: int = 16
     compensation_factors: list[int] = field(default_factory=lambda: [2, 4, 8])
+    compensation_teachers: str = "compensated"
+    compensation_heads: bool = True
 
 
 @dataclass
@@ -186,7 +218,14 @@ class TrainConfig:
             (t.weight_decay >= 0, "train.weight_decay", f"must be >= 0, got {t.weight_decay}"),
             (0.0 <= t.warmup_ratio <= 1.0, "train.warmup_ratio", f"must be in [0, 1], got {t.warmup_ratio}"),
             (t.max_grad_norm >= 0, "train.max_grad_norm", f"must be >= 0 (0 = no clipping), got {t.max_grad_norm}"),
-            (t.temperature > 0, "train.temperature", f"must be > 0, got {t.temperature}"),
+            (t.temperature >= 0, "train.temperature", f"must be > 0 (0 = the trainer's default), got {t.temperature}"),
+            (t.threads >= 0, "train.threads", f"must be >= 0 (0 = torch's default), got {t.threads}"),
+            (t.eval_every >= 0, "train.eval_every", f"must be >= 0 (0 = off), got {t.eval_every}"),
+            (t.eval_queries >= 0, "train.eval_queries", f"must be >= 0 (0 = all held-out), got {t.eval_queries}"),
+            (t.eval_group_size == 0 or t.eval_group_size >= 2, "train.eval_group_size",
+             f"must be >= 2 (0 = data.group_size), got {t.eval_group_size}"),
+            (t.eval_every == 0 or d.validation_fraction > 0, "train.eval_every",
+             "needs held-out queries (fix: set data.validation_fraction > 0, e.g. 0.1)"),
             (t.log_every >= 1, "train.log_every", f"must be >= 1, got {t.log_every}"),
             (t.save_every >= 0, "train.save_every", f"must be >= 0 (0 = only at the end), got {t.save_every}"),
         ]
@@ -223,13 +262,17 @@ class TrainConfig:
             (self.data.group_size >= 2, "data.group_size",
              f"must be >= 2 for the reranker's group loss (1 positive + negatives), got {self.data.group_size}"),
             (r.students_per_step >= 0, "reranker.students_per_step", f"must be >= 0, got {r.students_per_step}"),
-            (r.stage != "compensate" or r.students_per_step >= 1, "reranker.students_per_step",
-             "must be >= 1 for stage = \"compensate\": only students train the compensation"),
+            (r.stage != "compensate" or r.students_per_step >= 1 or r.compensation_teachers == "compensated",
+             "reranker.students_per_step",
+             "must be >= 1 for stage = \"compensate\" with frozen teachers: only students train the compensation"),
             (r.students_per_step == 0 or bool(r.student_depths), "reranker.student_depths",
              "is empty but students_per_step > 0 (fix: list the exit layers students are sampled from, or set "
              "students_per_step = 0)"),
             (bool(r.student_compress), "reranker.student_compress", 'must list at least one width ("" = full width)'),
             (r.distill_temperature > 0, "reranker.distill_temperature", f"must be > 0, got {r.distill_temperature}"),
+            *[(getattr(r, key) in choices, f"reranker.{key}", f"must be one of {', '.join(choices)}, got "
+              f"{getattr(r, key)!r}") for key, choices in (("exits", EXIT_MODES), ("distill_from", DISTILL_SOURCES),
+                                                            ("compensation_teachers", COMPENSATION_TEACHERS))],
             (r.compensation_r >= 1, "reranker.compensation_r", f"must be >= 1, got {r.compensation_r}"),
             (r.compensation_alpha >= 1, "reranker.compensation_alpha", f"must be >= 1, got {r.compensation_alpha}"),
             (all(k >= 2 for k in r.compensation_factors) and len(set(r.compensation_factors)) == len(r.compensation_factors),
@@ -261,9 +304,10 @@ class TrainConfig:
             (self.lora.enabled, "lora.enabled", "must be true: the pointwise trainer trains LoRA + the score head"),
             (self.data.group_size >= 2, "data.group_size",
              f"must be >= 2 for the group loss (1 positive + negatives), got {self.data.group_size}"),
+            (not self.train.eval_configs, "train.eval_configs", "are Matryoshka configurations (fix: remove them)"),
         ]
-        for key in ("teachers", "student_depths", "student_compress", "distill_temperature", "compensation_r",
-                    "compensation_alpha", "compensation_factors"):
+        for key in [f.name for f in dataclasses.fields(RerankerConfig) if f.name not in ("kind", "stage", "init",
+                                                                                        "students_per_step")]:
             checks.append((getattr(r, key) == getattr(defaults, key), f"reranker.{key}",
                            "is a Matryoshka setting (fix: remove it for kind = \"pointwise\")"))
         for ok, key, problem in checks:

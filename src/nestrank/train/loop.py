@@ -21,17 +21,17 @@ configured from the environment.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nestrank.data.groups import TrainingGroup, read_groups
 from nestrank.errors import ConfigError
-from nestrank.train.batches import ContrastiveBatch, GroupBatcher, holdout
+from nestrank.train.batches import ContrastiveBatch, holdout
 from nestrank.train.checkpoint import (
     RERANKER_RESUME_KEYS,
     RESUME_KEYS,
@@ -40,17 +40,20 @@ from nestrank.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from nestrank.train.config import OptimConfig, TrainConfig
+from nestrank.train.config import DEFAULT_TEMPERATURE, TrainConfig
+from nestrank.train.schedule import hash_seed, optimizer_and_schedule, plan_steps
+from nestrank.train.validation import BEST_DIR, BEST_FILE, best_so_far, group_mrr, validation_batch
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from accelerate import Accelerator
 
-__all__ = ["LOG_FILE", "VALIDATION_FILE", "RerankerTrainer", "Trainer", "TrainResult", "hash_seed", "linear_warmup_decay", "load_groups",
-           "optimizer_and_schedule", "plan_steps"]
+__all__ = ["LOG_FILE", "VALIDATION_FILE", "VALIDATION_LOG", "RerankerTrainer", "Trainer", "TrainResult", "load_groups"]
 
 LOG_FILE = "train_log.jsonl"
 VALIDATION_FILE = "validation_queries.txt"
+VALIDATION_LOG = "validation_log.jsonl"  # one record per validation (train.eval_every)
 #: A micro-batch's loss (a float, for the log) and its named parts.
 MicroLoss = tuple[float, dict[str, float]]
 
@@ -64,25 +67,32 @@ class TrainResult:
     loss: float
     seconds: float
     resumed_from: Path | None = None
+    best: Path | None = None  # with train.eval_every: the checkpoint of the best validation figure
+    best_validation: float | None = None
 
 
 def load_groups(config: TrainConfig, output_dir: Path | None = None) -> list[TrainingGroup]:
     """Read the training groups and drop the validation hold-out (whose ids go to ``validation_queries.txt``)."""
+    return split_groups(config, output_dir)[0]
+
+
+def split_groups(config: TrainConfig, output_dir: Path | None = None) -> tuple[list[TrainingGroup], list[TrainingGroup]]:
+    """The training groups and the held-out ones (``data.validation_fraction``; ids to ``validation_queries.txt``)."""
     groups = list(read_groups(config.data.train_groups))
     d = config.data
-    if d.validation_fraction > 0:
-        ids = [g.query_id for g in groups]
-        if any(i is None for i in ids):
-            raise ConfigError(f"data.validation_fraction needs query ids, but {config.data.train_groups} has groups "
-                              "without one (fix: use Tevatron groups with query_id, or set validation_fraction = 0)")
-        held = holdout(ids, d.validation_fraction, d.validation_seed)  # type: ignore[arg-type]
-        groups = [g for g in groups if g.query_id not in held]
-        if output_dir is not None:
-            from nestrank.files import atomic_write
+    if d.validation_fraction <= 0:
+        return groups, []
+    ids = [g.query_id for g in groups]
+    if any(i is None for i in ids):
+        raise ConfigError(f"data.validation_fraction needs query ids, but {config.data.train_groups} has groups "
+                          "without one (fix: use Tevatron groups with query_id, or set validation_fraction = 0)")
+    held = holdout(ids, d.validation_fraction, d.validation_seed)  # type: ignore[arg-type]
+    if output_dir is not None:
+        from nestrank.files import atomic_write
 
-            with atomic_write(output_dir / VALIDATION_FILE) as handle:
-                handle.writelines(f"{qid}\n" for qid in sorted(held))
-    return groups
+        with atomic_write(output_dir / VALIDATION_FILE) as handle:
+            handle.writelines(f"{qid}\n" for qid in sorted(held))
+    return [g for g in groups if g.query_id not in held], [g for g in groups if g.query_id in held]
 
 
 def _cut_log(path: Path, step: int) -> None:
@@ -102,45 +112,6 @@ def _cut_log(path: Path, step: int) -> None:
         handle.writelines(kept)
 
 
-def plan_steps(config: TrainConfig, groups: list[TrainingGroup]) -> tuple[GroupBatcher, int, int]:
-    """The batcher of a run over ``groups``, its optimizer steps per epoch and its total steps (``max_steps`` applied)."""
-    t = config.train
-    batcher = GroupBatcher(groups, t.batch_size, config.data.group_size, t.seed)
-    steps_per_epoch = batcher.batches_per_epoch // t.grad_accum_steps
-    if steps_per_epoch == 0:
-        raise ConfigError(f"{batcher.batches_per_epoch} batches per epoch are fewer than train.grad_accum_steps "
-                          f"{t.grad_accum_steps} (fix: lower grad_accum_steps or batch_size)")
-    total = steps_per_epoch * t.epochs
-    return batcher, steps_per_epoch, min(total, t.max_steps) if t.max_steps else total
-
-
-def optimizer_and_schedule(params: list, train: OptimConfig, total: int) -> tuple[Any, Any]:
-    """AdamW over ``params`` and its LambdaLR: linear warmup over ``warmup_ratio`` of ``total`` steps, then linear decay."""
-    import torch
-
-    optimizer = torch.optim.AdamW(params, lr=train.learning_rate, weight_decay=train.weight_decay)
-    schedule = linear_warmup_decay(total, math.ceil(total * train.warmup_ratio))
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
-
-
-def linear_warmup_decay(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """The learning-rate factor at a step: linear 0 -> 1 over ``warmup_steps``, then linear 1 -> 0 at ``total_steps``."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / (warmup_steps + 1)
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
-
-    return factor
-
-
-def hash_seed(*parts: int) -> int:
-    """A 63-bit seed from integers, stable across runs and platforms."""
-    import numpy as np
-
-    return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0] >> np.uint64(1))
-
-
 class Trainer:
     """The training loop; subclasses supply the model, the loss and the model's checkpoint files.
 
@@ -157,6 +128,8 @@ class Trainer:
     ddp_options: dict[str, Any] = {}
     #: The progress bar's label.
     label = "train"
+    #: ``train.temperature`` when the config leaves it at 0.
+    default_temperature = DEFAULT_TEMPERATURE["retriever"]
 
     def __init__(self, config: TrainConfig, accelerator: Accelerator | None = None, progress: bool = True) -> None:
         import torch
@@ -177,8 +150,16 @@ class Trainer:
     # ----------------------------------------------------------------- hooks
 
     def validate(self, config: TrainConfig) -> TrainConfig:
-        """Check ``config`` for this trainer (raise :class:`ConfigError`); returns it."""
-        return config.validate()
+        """Check ``config`` for this trainer (raise :class:`ConfigError`); returns it, temperature 0 resolved."""
+        return self.resolve_defaults(config).validate()
+
+    def resolve_defaults(self, config: TrainConfig) -> TrainConfig:
+        """A copy of ``config`` with ``train.temperature = 0`` replaced by :attr:`default_temperature`."""
+        if config.train.temperature:
+            return config
+        config = copy.deepcopy(config)
+        config.train.temperature = self.default_temperature
+        return config
 
     def check_distributed(self) -> None:
         """Raise :class:`ConfigError` when the trainer cannot run under :attr:`accelerator`'s distributed setup."""
@@ -231,6 +212,10 @@ class Trainer:
         """Load the trained weights of checkpoint ``path`` into the model (resume)."""
         raise NotImplementedError
 
+    def validation_scores(self, batch: ContrastiveBatch) -> dict[str, np.ndarray]:
+        """``{name: (queries, group) scores}`` of the held-out pairs (``train.eval_every``), computed without dropout."""
+        raise NotImplementedError(f"{type(self).__name__} does not validate during training (set train.eval_every = 0)")
+
     def finish(self) -> None:
         """Called after the final checkpoint: leave the trained model ready to use."""
 
@@ -242,10 +227,14 @@ class Trainer:
 
         acc, cfg = self.accelerator, self.config
         t = cfg.train
+        if t.threads:
+            torch.set_num_threads(t.threads)
         if acc.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
-        groups = load_groups(cfg, self.output_dir if acc.is_main_process else None)
+        groups, held = split_groups(cfg, self.output_dir if acc.is_main_process else None)
         batcher, steps_per_epoch, total = plan_steps(cfg, groups)
+        held_batch = validation_batch(cfg, held) if t.eval_every else None
+        best: tuple[float, int] | None = None
 
         torch.manual_seed(t.seed)
         module, params = self.setup(str(acc.device))
@@ -256,8 +245,10 @@ class Trainer:
         resume = Path(t.resume_from) if t.resume_from else latest_checkpoint(self.output_dir, cfg)
         if resume is not None:
             step = load_checkpoint(resume, cfg, optimizer, scheduler, self.load_model, self.resume_keys)
+            best = best_so_far(self.output_dir, step)
         if acc.is_main_process:
             _cut_log(self.output_dir / LOG_FILE, step)
+            _cut_log(self.output_dir / VALIDATION_LOG, step)
 
         bar = self._progress_bar(total, step)
         start_time, start_cpu, loss = time.perf_counter(), time.process_time(), float("nan")
@@ -285,12 +276,40 @@ class Trainer:
                 bar.set_postfix(loss=f"{loss:.4f}")
             if t.save_every and step % t.save_every == 0 and step < total:
                 self._save(self.output_dir / f"checkpoint-{step}", optimizer, scheduler, step)
+            if held_batch is not None and (step % t.eval_every == 0 or step == total):
+                best = self._validate(held_batch, step, best, optimizer, scheduler)
         if bar is not None:
             bar.close()
         final = self._save(self.output_dir / "final", optimizer, scheduler, step)
         self.finish()
         acc.wait_for_everyone()
-        return TrainResult(final, step, loss, time.perf_counter() - start_time, resume)
+        return TrainResult(final, step, loss, time.perf_counter() - start_time, resumed_from=resume,
+                           best=None if best is None else self.output_dir / BEST_DIR,
+                           best_validation=None if best is None else best[0])
+
+    def _validate(self, batch: ContrastiveBatch, step: int, best: tuple[float, int] | None, optimizer: Any,
+                  scheduler: Any) -> tuple[float, int] | None:
+        """Score the held-out pairs, log their MRR and keep the best step's checkpoint in ``best/``."""
+        assert self.module is not None
+        self.module.eval()
+        try:
+            with self.accelerator.autocast():  # bf16 runs: the fp32 heads meet bf16 states as in training
+                scores = self.validation_scores(batch)
+        finally:
+            self.module.train()
+        figures = {f"mrr.{name}" if name else "mrr": group_mrr(table) for name, table in scores.items()}
+        figure = sum(figures.values()) / len(figures)
+        self._log({"step": step, "validation": {"mrr_mean": figure, **figures}, "queries": len(batch.queries)},
+                  VALIDATION_LOG)
+        if best is not None and figure <= best[0]:
+            return best
+        self._save(self.output_dir / BEST_DIR, optimizer, scheduler, step)
+        if self.accelerator.is_main_process:
+            from nestrank.files import atomic_write
+
+            with atomic_write(self.output_dir / BEST_DIR / BEST_FILE) as handle:
+                handle.write(json.dumps({"step": step, "mrr_mean": figure, **figures}) + "\n")
+        return figure, step
 
     def sync_gradients(self, last: bool) -> contextlib.AbstractContextManager:
         """The context of a micro-batch's forward and backward: DDP all-reduces gradients only in the ``last``."""
@@ -307,10 +326,10 @@ class Trainer:
 
         return tqdm(total=total, initial=initial, desc=self.label, unit="step", dynamic_ncols=True)
 
-    def _log(self, record: dict[str, Any]) -> None:
+    def _log(self, record: dict[str, Any], name: str = LOG_FILE) -> None:
         if not self.accelerator.is_main_process:
             return
-        with open(self.output_dir / LOG_FILE, "a", encoding="utf-8") as handle:
+        with open(self.output_dir / name, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
 
 
@@ -323,6 +342,7 @@ class RerankerTrainer(Trainer):
     """
 
     resume_keys = RERANKER_RESUME_KEYS
+    default_temperature = DEFAULT_TEMPERATURE["reranker"]
     # a step may leave parameters without gradients (the Matryoshka trainer's unsampled students): DDP must allow it
     ddp_options = {"find_unused_parameters": True}
 
@@ -332,8 +352,17 @@ class RerankerTrainer(Trainer):
         self._peft_model: Any = None  # the PEFT model whose adapters train, if any
 
     def validate(self, config: TrainConfig) -> TrainConfig:
-        """The ``[reranker]`` section as well (:meth:`TrainConfig.validate_reranker`)."""
-        return config.validate_reranker()
+        """The ``[reranker]`` section as well (:meth:`TrainConfig.validate_reranker`); temperature 0 means 1.0."""
+        return self.resolve_defaults(config).validate_reranker()
+
+    def validation_scores(self, batch: ContrastiveBatch) -> dict[str, np.ndarray]:
+        """The reranker's scores of the held-out pairs: ``{"": full model}`` (Matryoshka: per ``train.eval_configs``, ``"full"`` for ``""``)."""
+        configs = self.config.train.eval_configs or [""]
+        queries = [q for q in batch.queries for _ in range(len(batch.passages) // len(batch.queries))]
+        shape = (len(batch.queries), -1)
+        return {"" if configs == [""] else config or "full": self.reranker.score(queries, batch.passages,
+                                                                                  config=config or None).reshape(shape)
+                for config in configs}
 
     def check_distributed(self) -> None:
         """One process or DDP only."""

@@ -2,19 +2,21 @@
 
 One optimizer step = ``grad_accum_steps`` micro-batches of ``batch_size`` queries, each with
 its group of ``group_size`` passages (1 positive + hard negatives; no in-batch negatives);
-the loop is :class:`~nestrank.train.loop.Trainer`'s. Each step samples
-``reranker.students_per_step`` students (a depth and a width, :mod:`nestrank.train.students`)
-from ``(seed, step)``. Per micro-batch, one *teacher pass* reads every teacher exit (full
-width) and the exits of the full-width students; each compressed student gets its own pass.
-The loss is :func:`~nestrank.train.losses.distillation.cascaded_self_distillation` (Eq. 9):
+the loop is :class:`~nestrank.train.loop.Trainer`'s. Each step's structures are planned from
+``(seed, step)`` (:func:`~nestrank.train.students.plan_step`): full-width exits read from one
+pass, and compressed widths, each a pass of its own that forks from the full-width pass after
+its first merge (:meth:`~nestrank.models.matryoshka.MatryoshkaReranker.forward_passes`: layers
+the passes share run, and backpropagate, once). The loss is
+:func:`~nestrank.train.losses.distillation.cascaded_self_distillation` (Eq. 9):
 
-- ``contrastive``: hard-label group cross-entropy of every teacher and student (no KL);
+- ``contrastive``: hard-label group cross-entropy of every structure (no KL);
   LoRA on the backbone + the score heads train.
-- ``distill``: the same plus each student's KL to its super-teachers; same trainables.
+- ``distill``: the same plus the KL terms (``reranker.distill_from``); same trainables.
 - ``compensate``: the distilled checkpoint (``reranker.init``, its LoRA merged) is frozen and
-  only a :class:`~nestrank.models.matryoshka.compensation.FactorizedCompensation` (V-/H-LoRA) trains.
-  Teacher scores come from the model *without* the compensation, under ``no_grad`` (fixed
-  targets); students run with it.
+  a :class:`~nestrank.models.matryoshka.compensation.FactorizedCompensation` (V-/H-LoRA) trains
+  (with the heads' weights if ``compensation_heads``). With ``compensation_teachers =
+  "compensated"`` the teachers are the compensated full-width exits (trained too); with
+  ``"frozen"`` they come from the model without the compensation, under ``no_grad``.
 
 Checkpoints (``checkpoint-STEP/``, ``final/``) are Matryoshka checkpoint directories that
 :meth:`~nestrank.models.matryoshka.MatryoshkaReranker.from_pretrained` loads in one call::
@@ -33,13 +35,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from nestrank.errors import ConfigError
-from nestrank.train.backbone import add_lora, enable_gradient_checkpointing
+from nestrank.train.backbone import add_lora, enable_gradient_checkpointing, finish_lora
 from nestrank.train.batches import ContrastiveBatch
 from nestrank.train.checkpoint import load_adapter_weights
 from nestrank.train.config import TrainConfig
 from nestrank.train.loop import RerankerTrainer
 from nestrank.train.losses.distillation import StudentScores, cascaded_self_distillation
-from nestrank.train.students import Student, sample_students, student_options
+from nestrank.train.students import StepPlan, Student, plan_step, student_options
 
 if TYPE_CHECKING:
     import torch
@@ -47,8 +49,9 @@ if TYPE_CHECKING:
     from peft import PeftModel
 
     from nestrank.models import MatryoshkaConfig, MatryoshkaReranker
+    from nestrank.models.matryoshka.inputs import EncodedPair
 
-__all__ = ["MatryoshkaTrainer", "build_reranker", "scoring_module"]
+__all__ = ["MatryoshkaTrainer", "build_reranker", "scoring_module", "trainable_heads"]
 
 
 def build_reranker(config: TrainConfig, device: str | None = None
@@ -87,14 +90,10 @@ def build_reranker(config: TrainConfig, device: str | None = None
             enable_gradient_checkpointing(model)
         adapter = None if init is None else init / LORA_DIR
         if adapter is not None and adapter.is_dir():
-            peft_model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+            peft_model = finish_lora(PeftModel.from_pretrained(model, adapter, is_trainable=True), config)
         else:
             peft_model = add_lora(model, config, "CAUSAL_LM")
-        # Group losses are shift-invariant per group, so a head's bias gets no gradient (only rounding
-        # noise, which Adam would turn into lr-sized random steps): the weights train, the biases stay.
-        reranker.heads.float().requires_grad_(False)
-        heads = [head.weight.requires_grad_(True) for head in reranker.heads.values()]
-        params = [p for p in peft_model.parameters() if p.requires_grad] + heads
+        params = [p for p in peft_model.parameters() if p.requires_grad] + trainable_heads(reranker)
     else:
         reranker.heads.requires_grad_(False)
         settings = CompensationSettings(r=r.compensation_r, alpha=r.compensation_alpha,
@@ -103,18 +102,28 @@ def build_reranker(config: TrainConfig, device: str | None = None
         reranker.set_compensation(compensation)
         if m.gradient_checkpointing:  # recomputed layers must see the adapters their forward saw
             enable_gradient_checkpointing(model, context_fn=compensation.checkpoint_contexts)
-        params = list(compensation.parameters())
+        params = list(compensation.parameters()) + (trainable_heads(reranker) if r.compensation_heads else [])
     model.train()
     return reranker, peft_model, params
 
 
-def scoring_module(reranker: MatryoshkaReranker) -> torch.nn.Module:
-    """A module running :meth:`MatryoshkaReranker.forward_batch` on several passes, with autograd.
+def trainable_heads(reranker: MatryoshkaReranker) -> list[torch.nn.Parameter]:
+    """The heads in fp32 with trainable weights; their biases stay fixed.
 
-    ``module(passes)`` takes ``(ids, layouts, passage_lengths, config, exits)`` tuples and
-    returns one ``(B, len(exits))`` table per pass: all passes of a micro-batch go through one
-    call, as DDP expects one forward per backward. It owns the backbone, the heads and the
-    compensation (when set), so DDP can wrap it.
+    Group losses are shift-invariant per group, so a head's bias gets no gradient (only rounding
+    noise, which Adam would turn into lr-sized random steps).
+    """
+    reranker.heads.float().requires_grad_(False)
+    return [head.weight.requires_grad_(True) for head in reranker.heads.values()]
+
+
+def scoring_module(reranker: MatryoshkaReranker) -> torch.nn.Module:
+    """A module running :meth:`MatryoshkaReranker.forward_passes` with autograd.
+
+    ``module(ids, layouts, passage_lengths, passes)`` takes ``(config, exits)`` passes over one
+    batch and returns one ``(B, len(exits))`` table per pass, layers the passes share computed
+    once: all passes of a micro-batch go through one call, as DDP expects one forward per
+    backward. It owns the backbone, the heads and the compensation (when set), so DDP can wrap it.
     """
     import torch
 
@@ -126,9 +135,9 @@ def scoring_module(reranker: MatryoshkaReranker) -> torch.nn.Module:
             if reranker.compensation is not None:
                 self.compensation = reranker.compensation
 
-        def forward(self, passes: list[tuple]) -> list[torch.Tensor]:
-            return [reranker.forward_batch(ids, layouts, config, exits, lengths)
-                    for ids, layouts, lengths, config, exits in passes]
+        def forward(self, ids: torch.Tensor, layouts: list, lengths: list[int], passes: list[tuple]
+                    ) -> list[torch.Tensor]:
+            return reranker.forward_passes(ids, layouts, lengths, passes)
 
     return ScoringModule()
 
@@ -146,8 +155,15 @@ class MatryoshkaTrainer(RerankerTrainer):
     def __init__(self, config: TrainConfig, accelerator: Accelerator | None = None, progress: bool = True) -> None:
         super().__init__(config, accelerator, progress)
         self.teachers: list[int] = []  # full-width exits read in the teacher pass
-        self.students: list[Student] = []  # this step's sampled students
+        self.plan: StepPlan = StepPlan((), (), ())  # this step's structures and passes
         self._options: list[Student] = []  # every student a step can sample
+        self._trained_exits: set[int] = set()  # exits whose heads this run trained
+        self._pairs: dict[tuple[str, str], EncodedPair] = {}  # tokenized pairs, reused across steps
+
+    @property
+    def students(self) -> list[Student]:
+        """This step's students."""
+        return self.plan.students
 
     @property
     def label(self) -> str:  # type: ignore[override]
@@ -161,43 +177,42 @@ class MatryoshkaTrainer(RerankerTrainer):
         self.reranker = reranker
         self.teachers = self._teachers(reranker.num_layers)
         self._options = student_options(cfg.reranker, self.teachers)
-        sample_students(self._options, cfg.reranker.students_per_step, cfg.train.seed, 0)  # fails early: too few
+        plan_step(cfg.reranker, self.teachers, self._options, cfg.train.seed, 0)  # fails early: too few students
         return scoring_module(reranker), params
 
     def start_step(self, step: int) -> None:
-        """Sample the step's students."""
-        r, t = self.config.reranker, self.config.train
-        self.students = sample_students(self._options, r.students_per_step, t.seed, step) if self._options else []
+        """Sample the step's students and plan its passes."""
+        self.plan = plan_step(self.config.reranker, self.teachers, self._options, self.config.train.seed, step)
 
     def batch_loss(self, batch: ContrastiveBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        """The stage's loss on one micro-batch: one teacher pass, plus one pass per compressed student.
+        """The stage's loss on one micro-batch: the step's passes in one module call (shared layers run once).
 
-        In ``compensate`` the teacher pass runs without the compensation and without
-        gradients, and the full-width students get a pass of their own (with it).
+        With frozen teachers (``compensate``), the teachers are read in a pass of their own,
+        without the compensation and without gradients.
         """
         import torch
 
         from nestrank.models import MatryoshkaConfig, parse_config
 
-        r, t, students = self.config.reranker, self.config.train, self.students
-        compensate = r.stage == "compensate"
-        full_width = sorted({s.depth for s in students if not s.compress})
-        teacher_exits = tuple(sorted(set(self.teachers) | (set() if compensate else set(full_width))))
-        if compensate:
+        r, t, plan = self.config.reranker, self.config.train, self.plan
+        inputs = self._inputs(batch)
+        by_exit: dict[int, torch.Tensor] = {}
+        if plan.frozen:
             with torch.no_grad(), self._without_compensation():
-                (by_exit,) = self._scores(batch, [MatryoshkaConfig(teacher_exits)])
-            trained = [MatryoshkaConfig(tuple(full_width))] if full_width else []
-        else:
-            by_exit, trained = {}, [MatryoshkaConfig(teacher_exits)]
-        compressed = [s for s in students if s.compress]
-        outputs = self._scores(batch, trained + [parse_config(s.name) for s in compressed])
-        for output in outputs[:len(trained)]:
-            by_exit.update(output)
-        widths = {s: output[s.depth] for s, output in zip(compressed, outputs[len(trained):], strict=True)}
-        scored = [StudentScores(s.depth, widths[s] if s.compress else by_exit[s.depth], s.name) for s in students]
-        teachers = {layer: by_exit[layer] for layer in self.teachers}
-        loss = cascaded_self_distillation(teachers, scored, temperature=t.temperature,
-                                          distill_temperature=r.distill_temperature, distill=r.stage != "contrastive")
+                (by_exit,) = self._scores(batch, inputs, [MatryoshkaConfig(plan.frozen)])
+        passes = ([MatryoshkaConfig(plan.full)] if plan.full else []) + \
+            [MatryoshkaConfig(exits, parse_config(f"compress={w}").compress) for w, exits in plan.widths]
+        outputs = self._scores(batch, inputs, passes)
+        if plan.full:
+            by_exit.update(outputs[0])
+        widths = {w: output for (w, _), output in zip(plan.widths, outputs[1 if plan.full else 0:], strict=True)}
+        if self._peft_model is not None or r.compensation_heads:  # the heads of every exit read here train
+            self._trained_exits.update(plan.full, *(exits for _, exits in plan.widths))
+        scored = [StudentScores(s.depth, widths[s.compress][s.depth] if s.compress else by_exit[s.depth], s.name,
+                                full_width=not s.compress) for s in plan.students]
+        loss = cascaded_self_distillation({layer: by_exit[layer] for layer in self.teachers}, scored,
+                                          temperature=t.temperature, distill_temperature=r.distill_temperature,
+                                          distill=r.stage != "contrastive", distill_from=r.distill_from)
         return loss.total, loss.parts
 
     def log_fields(self) -> dict[str, Any]:
@@ -210,6 +225,8 @@ class MatryoshkaTrainer(RerankerTrainer):
 
         reranker = self.reranker
         assert reranker is not None
+        if self._trained_exits:
+            reranker.trained_exits = tuple(sorted(self._trained_exits | set(reranker.trained_exits or ())))
         reranker.save_pretrained(path)
         if self._peft_model is not None:
             self._peft_model.save_pretrained(path / LORA_DIR, safe_serialization=True, save_embedding_layers=False)
@@ -252,21 +269,31 @@ class MatryoshkaTrainer(RerankerTrainer):
                               "such students would learn from no teacher (fix: add a deeper teacher or drop them)")
         return teachers
 
-    def _scores(self, batch: ContrastiveBatch, configs: Sequence[MatryoshkaConfig]) -> list[dict[int, torch.Tensor]]:
-        """``{exit: (B, G) scores}`` of one pass per config over the batch's pairs, in one module call."""
+    def _inputs(self, batch: ContrastiveBatch) -> tuple[torch.Tensor, list, list[int]]:
+        """The batch's pairs as :meth:`forward_passes` inputs; each pair is tokenized once per run."""
+        reranker = self.reranker
+        assert reranker is not None
+        size = self.config.data.group_size
+        pairs = []
+        for index, doc in enumerate(batch.passages):
+            query = batch.queries[index // size]
+            key = (query, doc.full_text)
+            if key not in self._pairs:
+                self._pairs[key] = reranker.encode(query, doc)
+            pairs.append(self._pairs[key])
+        return reranker.batch_inputs(pairs)
+
+    def _scores(self, batch: ContrastiveBatch, inputs: tuple, configs: Sequence[MatryoshkaConfig]
+                ) -> list[dict[int, torch.Tensor]]:
+        """``{exit: (B, G) scores}`` of one pass per config over the batch, in one module call."""
         reranker = self.reranker
         assert reranker is not None and self.module is not None
-        size = self.config.data.group_size
-        queries = [q for q in batch.queries for _ in range(size)]
-        passes, exits = [], []
-        for config in configs:
-            pairs = [reranker.encode(q, doc, config) for q, doc in zip(queries, batch.passages, strict=True)]
-            exits.append(config.validate(reranker.num_layers))
-            passes.append((*reranker.batch_inputs(pairs), config, exits[-1]))
+        passes = [(config, config.validate(reranker.num_layers)) for config in configs]
         with self.accelerator.autocast():
-            tables = self.module(passes)
-        return [{layer: table[:, i].view(len(batch.queries), size) for i, layer in enumerate(layers)}
-                for table, layers in zip(tables, exits, strict=True)]
+            tables = self.module(*inputs, passes)
+        size = self.config.data.group_size
+        return [{layer: table[:, i].view(len(batch.queries), size) for i, layer in enumerate(exits)}
+                for table, (_, exits) in zip(tables, passes, strict=True)]
 
     @contextlib.contextmanager
     def _without_compensation(self) -> Iterator[None]:

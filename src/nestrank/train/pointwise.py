@@ -79,6 +79,7 @@ class PointwiseTrainer(RerankerTrainer):
 
         reranker, self._peft_model, params = build_pointwise(self.config, device=device)
         self.reranker = reranker
+        self._pairs: dict[tuple[str, str], list[int]] = {}  # tokenized pairs, reused across steps
 
         class PairScorer(torch.nn.Module):  # owns the PEFT model, so DDP can wrap it
             def __init__(self) -> None:
@@ -96,7 +97,12 @@ class PointwiseTrainer(RerankerTrainer):
         assert reranker is not None and self.module is not None
         size = self.config.data.group_size
         queries = [q for q in batch.queries for _ in range(size)]
-        input_ids, mask = reranker.pad(reranker.encode(queries, batch.passages))
+        keys = [(q, doc.full_text) for q, doc in zip(queries, batch.passages, strict=True)]
+        fresh = [keys.index(key) for key in dict.fromkeys(keys) if key not in self._pairs]
+        if fresh:  # each pair is tokenized once per run
+            ids = reranker.encode([queries[i] for i in fresh], [batch.passages[i] for i in fresh])
+            self._pairs.update(zip([keys[i] for i in fresh], ids, strict=True))
+        input_ids, mask = reranker.pad([self._pairs[key] for key in keys])
         with self.accelerator.autocast():
             scores = self.module(input_ids, mask).view(len(batch.queries), size)
         loss = group_cross_entropy(scores, self.config.train.temperature)

@@ -38,6 +38,7 @@ from nestrank.train.gradcache import contrastive_backward
 from nestrank.train.loop import MicroLoss, Trainer, TrainResult
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from accelerate import Accelerator
 
@@ -92,11 +93,23 @@ def embedding_module(encoder: DenseEncoder) -> torch.nn.Module:
     return EmbeddingModule()
 
 
-def tokenize_batch(encoder: DenseEncoder, batch: ContrastiveBatch) -> tuple[list[list[int]], list[list[int]]]:
-    """Token-id rows of a batch's queries and passages, with the encoder's prefixes, EOS and max lengths."""
+def tokenize_batch(encoder: DenseEncoder, batch: ContrastiveBatch,
+                   cache: dict[tuple[int, str], list[int]] | None = None) -> tuple[list[list[int]], list[list[int]]]:
+    """Token-id rows of a batch's queries and passages, with the encoder's prefixes, EOS and max lengths.
+
+    ``cache`` (``(max length, text with its prefix)`` -> ids) keeps the rows of texts seen
+    before: every epoch draws from the same groups, so each text is tokenized once per run.
+    """
     c = encoder.config
-    queries = encoder.tokenize([c.query_prefix + q for q in batch.queries], c.query_max_length)
-    passages = encoder.tokenize([c.passage_prefix + p.full_text for p in batch.passages], c.passage_max_length)
+    cache = {} if cache is None else cache
+
+    def rows(texts: list[str], max_length: int) -> list[list[int]]:
+        new = list(dict.fromkeys(t for t in texts if (max_length, t) not in cache))
+        cache.update(zip([(max_length, t) for t in new], encoder.tokenize(new, max_length) if new else [], strict=True))
+        return [cache[(max_length, t)] for t in texts]
+
+    queries = rows([c.query_prefix + q for q in batch.queries], c.query_max_length)
+    passages = rows([c.passage_prefix + p.full_text for p in batch.passages], c.passage_max_length)
     return queries, passages
 
 
@@ -121,6 +134,7 @@ class RetrieverTrainer(Trainer):
     def __init__(self, config: TrainConfig, accelerator: Accelerator | None = None, progress: bool = True) -> None:
         super().__init__(config, accelerator, progress)
         self.encoder: DenseEncoder | None = None  # the trained encoder, once train() has run
+        self._tokens: dict[tuple[int, str], list[int]] = {}
 
     def check_distributed(self) -> None:
         """Resuming is DDP-only for now; GradCache's chunked backward does not fit DeepSpeed's engine."""
@@ -143,12 +157,19 @@ class RetrieverTrainer(Trainer):
         """InfoNCE of one contrastive batch over every process, backpropagated (GradCache when configured)."""
         t = self.config.train
         assert self.encoder is not None
-        queries, passages = tokenize_batch(self.encoder, batch)
+        queries, passages = tokenize_batch(self.encoder, batch, self._tokens)
         loss = contrastive_backward(
             self._embed, queries, passages, self.config.data.group_size, t.temperature,
             chunk_size=t.gradcache_chunk_size, loss_scale=1.0 / t.grad_accum_steps, backward=self.accelerator.backward,
             sync=lambda is_last: self.sync_gradients(is_last and last))
         return loss, {}
+
+    def validation_scores(self, batch: ContrastiveBatch) -> dict[str, np.ndarray]:
+        """Each held-out query's similarity to the passages of its own group: ``{"": (queries, group)}``."""
+        assert self.encoder is not None
+        queries = self.encoder.encode_queries(batch.queries)
+        passages = self.encoder.encode_passages(batch.passages).reshape(len(batch.queries), -1, queries.shape[1])
+        return {"": (passages @ queries[:, :, None])[:, :, 0]}
 
     def summarize(self, losses: list[MicroLoss]) -> tuple[float, dict[str, Any]]:
         """The mean over micro-batches: each is already the loss of the global batch (embeddings are gathered)."""

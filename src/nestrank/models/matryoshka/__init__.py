@@ -18,7 +18,7 @@ Importing this package is cheap; torch and transformers load on first use.
 from nestrank.models.matryoshka.config import MatryoshkaConfig, parse_config
 from nestrank.models.matryoshka.inputs import DEFAULT_PROMPT, DEFAULT_TEMPLATE
 from nestrank.models.matryoshka.profiles import Profile, read_profiles, write_profiles
-from nestrank.models.matryoshka.reranker import ConfigLike, MatryoshkaReranker
+from nestrank.models.matryoshka.reranker import ConfigLike, MatryoshkaReranker, UntrainedExitWarning
 
 __all__ = [
     "DEFAULT_PROMPT",
@@ -28,6 +28,7 @@ __all__ = [
     "MatryoshkaReranker",
     "Profile",
     "parse_config",
+    "UntrainedExitWarning",
     "read_profiles",
     "write_profiles",
 ]

@@ -3,7 +3,8 @@
 Layout::
 
     nestrank.json               kind "matryoshka", base_model, the reranker settings
-                                (SAVED_SETTINGS) and, with a compensation, its V-/H-LoRA settings
+                                (SAVED_SETTINGS), with a compensation its V-/H-LoRA settings, and
+                                trained_exits (the exit layers whose heads training reached; optional)
     heads.safetensors           heads.<layer>.weight / .bias for every layer
     compensation.safetensors    the V-/H-LoRA tensors (only with a compensation)
     profiles.json               named configurations (optional, see profiles.py)
@@ -50,6 +51,7 @@ class Saved(Protocol):
     base_model: str | None
     profiles: dict[str, Profile]
     num_layers: int
+    trained_exits: tuple[int, ...] | None
 
     def set_compensation(self, compensation: FactorizedCompensation | None) -> None: ...
 
@@ -117,6 +119,13 @@ def load(cls: Callable[..., R], name_or_path: str | Path, *, dtype: str | torch.
     reranker.base_model = base
     if settings is not None:
         reranker.profiles = read_profiles(path, reranker.num_layers)
+        trained = settings.get("trained_exits")
+        if trained is not None:
+            if not (isinstance(trained, list) and all(isinstance(n, int) and 1 <= n <= reranker.num_layers
+                                                      for n in trained)):
+                raise ConfigError(f"{path / SETTINGS_FILE}: trained_exits must list layers 1..{reranker.num_layers}, "
+                                  f"got {trained!r}")
+            reranker.trained_exits = tuple(sorted(set(trained)))
         _load_heads(reranker, path / HEADS_FILE)
         if "compensation" in settings:
             _load_compensation(reranker, path / COMPENSATION_FILE, settings["compensation"])
@@ -140,6 +149,8 @@ def save(reranker: Saved, path: str | Path, base_model: str | None) -> Path:
     compensation = reranker.compensation
     if compensation is not None:
         settings["compensation"] = compensation.settings.to_dict()
+    if reranker.trained_exits is not None:
+        settings["trained_exits"] = sorted(reranker.trained_exits)
     with atomic_dir(path, SETTINGS_FILE, "a nestrank checkpoint") as staging:
         save_file(_tensors(reranker.heads, "heads."), staging / HEADS_FILE)
         if compensation is not None:

@@ -125,6 +125,28 @@ def init_heads(model: PreTrainedModel, yes_token_id: int, num_layers: int) -> to
 def forward_batch(host: Host, input_ids: torch.Tensor, layouts: list[RowLayout], config: MatryoshkaConfig,
                   exits: Sequence[int], original_lengths: Sequence[int]) -> torch.Tensor:
     """Scores ``(B, len(exits))`` of a left-padded batch; ``original_lengths`` are the input passage lengths."""
+    return forward_passes(host, input_ids, layouts, original_lengths, [(config, exits)])[0]
+
+
+@dataclass
+class _Stream:
+    """Hidden states shared by the passes whose layers so far are the same computation."""
+
+    hidden: torch.Tensor
+    state: BatchState
+    members: list[int]
+
+
+def forward_passes(host: Host, input_ids: torch.Tensor, layouts: list[RowLayout], original_lengths: Sequence[int],
+                   passes: Sequence[tuple[MatryoshkaConfig, Sequence[int]]]) -> list[torch.Tensor]:
+    """Scores ``(B, len(exits))`` of several passes ``(config, exits)`` over the same batch, sharing their work.
+
+    Passes run as one full-width *stream* until a pass compresses: it then forks a stream of its
+    own from the shared hidden states after that layer (passes that merge alike share the fork).
+    Each pass's scores equal :func:`forward_batch`'s for it alone: a layer before a pass's first
+    merge computes the same thing in every pass, so it runs once (and, in training, is
+    backpropagated once). Layers after a stream's deepest exit never run.
+    """
     import torch
 
     decoder = host.decoder
@@ -134,29 +156,45 @@ def forward_batch(host: Host, input_ids: torch.Tensor, layouts: list[RowLayout],
         torch.clamp(torch.arange(width, device=input_ids.device) - (width - layout.total), min=0)
         for layout in layouts
     ])
-    state = batch_state(decoder, hidden, positions, layouts)
-    targets = [config.passage_lengths(n) for n in original_lengths]
-    factors = [config.factors(n) for n in original_lengths]
-    steps = {step.layer for step in config.compress}
-    scores = []
-    with kept_attentions(decoder, exits[-1], host.importance == "eager") as attentions:
-        for layer in range(1, exits[-1] + 1):
-            compress = layer in steps and any(
-                t[layer] < layout.length for t, layout in zip(targets, state.layouts, strict=True))
-            with adapters(host.compensation, layer, state):
-                if compress and attentions is None:
-                    with torch.no_grad():  # merge weights are constants in training
-                        importance = attention_row(decoder, layer, hidden, state)
-                hidden = host.run_layer(layer, hidden, state)
-            if compress and attentions is not None:
-                importance = attentions[layer][:, :, -1, :].detach().float().mean(dim=1).cpu().numpy()
-            if layer in exits:
-                head = host.heads[str(layer)]
-                last = decoder.norm(hidden[:, -1]).to(head.weight.device)
-                scores.append(head(last)[:, 0].float())
-            if compress:
-                hidden, state = merge(decoder, layer, hidden, state, importance, targets, factors)
-    return torch.stack(scores, dim=1)
+    targets = [[config.passage_lengths(n) for n in original_lengths] for config, _ in passes]
+    factors = [[config.factors(n) for n in original_lengths] for config, _ in passes]
+    steps = [{step.layer for step in config.compress} for config, _ in passes]
+    deepest = [max(exits) for _, exits in passes]
+    scores: list[dict[int, torch.Tensor]] = [{} for _ in passes]
+    streams = [_Stream(hidden, batch_state(decoder, hidden, positions, layouts), list(range(len(passes))))]
+    with kept_attentions(decoder, max(deepest), host.importance == "eager") as attentions:
+        for layer in range(1, max(deepest) + 1):
+            forks: list[_Stream] = []
+            for stream in streams:
+                state = stream.state
+                merging = [m for m in stream.members if layer in steps[m] and any(
+                    t[layer] < layout.length for t, layout in zip(targets[m], state.layouts, strict=True))]
+                with adapters(host.compensation, layer, state):
+                    if merging and attentions is None:
+                        with torch.no_grad():  # merge weights are constants in training
+                            importance = attention_row(decoder, layer, stream.hidden, state)
+                    stream.hidden = host.run_layer(layer, stream.hidden, state)
+                if merging and attentions is not None:
+                    importance = attentions[layer][:, :, -1, :].detach().float().mean(dim=1).cpu().numpy()
+                readers = [m for m in stream.members if layer in passes[m][1]]
+                if readers:
+                    head = host.heads[str(layer)]
+                    last = decoder.norm(stream.hidden[:, -1]).to(head.weight.device)
+                    score = head(last)[:, 0].float()
+                    for m in readers:
+                        scores[m][layer] = score
+                groups: dict[tuple, list[int]] = {}
+                for m in merging:
+                    groups.setdefault(tuple((t[layer], f[layer]) for t, f in zip(targets[m], factors[m], strict=True)),
+                                      []).append(m)
+                for members in groups.values():
+                    first = members[0]
+                    merged, merged_state = merge(decoder, layer, stream.hidden, state, importance, targets[first],
+                                                 factors[first])
+                    forks.append(_Stream(merged, merged_state, members))
+                stream.members = [m for m in stream.members if m not in merging]
+            streams = [s for s in streams + forks if any(deepest[m] > layer for m in s.members)]
+    return [torch.stack([scores[m][layer] for layer in exits], dim=1) for m, (_, exits) in enumerate(passes)]
 
 
 def run_layer(decoder: Any, layer: int, hidden: torch.Tensor, state: BatchState) -> torch.Tensor:

@@ -9,6 +9,7 @@ factorized compensation (:mod:`.compensation`), loads and saves checkpoints
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -41,9 +42,13 @@ if TYPE_CHECKING:
     from nestrank.models.matryoshka.compensation import FactorizedCompensation
     from nestrank.models.matryoshka.engine import Importance
 
-__all__ = ["DEFAULT_PROMPT", "DEFAULT_TEMPLATE", "ConfigLike", "MatryoshkaReranker"]
+__all__ = ["DEFAULT_PROMPT", "DEFAULT_TEMPLATE", "ConfigLike", "MatryoshkaReranker", "UntrainedExitWarning"]
 
 ConfigLike = MatryoshkaConfig | str | None
+
+
+class UntrainedExitWarning(UserWarning):
+    """A score was read at an exit layer whose head training never reached (its head is the untrained "Yes" row)."""
 
 
 class MatryoshkaReranker(Reranker):
@@ -86,6 +91,9 @@ class MatryoshkaReranker(Reranker):
         self.importance = importance
         self.yes_token = yes_token
         self.base_model: str | None = None  # what from_pretrained loaded; a checkpoint refers to it
+        #: Exit layers whose heads were trained (recorded by the trainer in the checkpoint); ``None``: unknown.
+        self.trained_exits: tuple[int, ...] | None = None
+        self._warned: set[tuple[int, ...]] = set()
         self.compensation: FactorizedCompensation | None = None
         self.num_layers = len(self.decoder.layers)
         self.profiles: dict[str, Profile] = default_profiles(self.num_layers)
@@ -167,6 +175,7 @@ class MatryoshkaReranker(Reranker):
         """
         parsed = self.resolve_config(config)
         exits = parsed.validate(self.num_layers)
+        self._check_trained(exits)
         table = self._score_table(queries, documents, parsed, exits, batch_tokens, show_progress)
         return table[:, 0] if len(exits) == 1 else table
 
@@ -188,6 +197,7 @@ class MatryoshkaReranker(Reranker):
         base = self.resolve_config(config)
         parsed = MatryoshkaConfig(tuple(sorted(set(exits))), base.compress, base.passage_tokens)
         layers = parsed.validate(self.num_layers)
+        self._check_trained(layers)
         table = self._score_table(queries, documents, parsed, layers, batch_tokens, show_progress)
         return {layer: table[:, i] for i, layer in enumerate(layers)}
 
@@ -228,6 +238,11 @@ class MatryoshkaReranker(Reranker):
         """Scores ``(B, len(exits))`` of a left-padded batch, with autograd (see :func:`.engine.forward_batch`)."""
         return engine.forward_batch(self, input_ids, layouts, config, exits, original_lengths)
 
+    def forward_passes(self, input_ids: torch.Tensor, layouts: list[RowLayout], original_lengths: Sequence[int],
+                       passes: Sequence[tuple[MatryoshkaConfig, Sequence[int]]]) -> list[torch.Tensor]:
+        """Scores of several ``(config, exits)`` passes over one batch, layers they share run once (:func:`.engine.forward_passes`)."""
+        return engine.forward_passes(self, input_ids, layouts, original_lengths, passes)
+
     def run_layer(self, layer: int, hidden: torch.Tensor, state: BatchState) -> torch.Tensor:
         """Run decoder layer ``layer`` (1-based) on ``hidden``: the hook point for per-layer adapters.
 
@@ -252,6 +267,14 @@ class MatryoshkaReranker(Reranker):
         self.compensation = compensation
 
     # ----------------------------------------------------------------- internals
+
+    def _check_trained(self, exits: Sequence[int]) -> None:
+        untrained = tuple(n for n in exits if self.trained_exits is not None and n not in self.trained_exits)
+        if untrained and untrained not in self._warned:
+            self._warned.add(untrained)
+            warnings.warn(f"exit layer(s) {', '.join(map(str, untrained))} were not trained (their heads are the "
+                          f"untrained 'Yes' row); trained exits: {', '.join(map(str, self.trained_exits or ()))}",
+                          UntrainedExitWarning, stacklevel=3)
 
     def _score_table(self, queries, documents, config: MatryoshkaConfig, exits: tuple[int, ...],
                      batch_tokens: int | None, show_progress: bool) -> np.ndarray:

@@ -13,6 +13,14 @@ and ``CE`` the hard-label loss ``-log p_x[0]``::
 each term averaged over the ``B`` queries. A student learns from every teacher that is its
 super-architecture (at least as deep, full width); teachers learn from the labels only.
 The KL term is ``sum_j p_t[j] (log p_t[j] - log p_s[j])``.
+
+``distill_from="nearest"`` (the paper's cascade: a student learns from its close
+super-architecture) replaces the KL sums by one term per structure. Let ``F`` be the
+full-width exits scored (the teachers and the full-width students); then a full-width exit at
+depth ``d`` learns from the next deeper exit of ``F`` (the deepest from the labels only) and a
+compressed student at depth ``d`` from the exit of ``F`` at ``d``, or the next deeper one::
+
+    L = sum_{x in T and S} [ CE(s_x) + KL(sg(p_{up(x)}) || p_x) ]      (no KL for the deepest of F)
 """
 
 from __future__ import annotations
@@ -45,11 +53,16 @@ def distillation_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: f
 
 @dataclass(frozen=True)
 class StudentScores:
-    """One sampled student: its exit layer, a label for logs (its config string) and its ``(B, G)`` scores."""
+    """One sampled student: its exit layer, a label for logs (its config string) and its ``(B, G)`` scores.
+
+    ``full_width``: no compression (only ``distill_from="nearest"`` uses it: such a student is one
+    of the full-width exits the others learn from).
+    """
 
     depth: int
     scores: torch.Tensor
     name: str = ""
+    full_width: bool = False
 
 
 @dataclass
@@ -67,37 +80,47 @@ def cascaded_self_distillation(
     temperature: float = 1.0,
     distill_temperature: float | None = None,
     distill: bool = True,
+    distill_from: str = "all",
 ) -> DistillationLoss:
-    """Eq. 9 (see the module doc): hard-label loss of every teacher and student, plus each student's KL to its super-teachers.
+    """Eq. 9 (see the module doc): hard-label loss of every teacher and student, plus the students' KL to their teachers.
 
     ``teachers`` maps an exit layer to that full-width exit's ``(B, G)`` scores;
     ``temperature`` divides scores in the hard-label terms, ``distill_temperature`` (default:
     the same) in the KL terms; ``distill=False`` drops the KL terms (the plain contrastive
-    ablation). A student deeper than every teacher is an error: it would learn from no
+    ablation). ``distill_from``: ``"all"`` (every deeper teacher) or ``"nearest"`` (the cascade,
+    module doc). A student deeper than every teacher is an error: it would learn from no
     teacher, which is never what a sampling scheme intends.
     """
     import torch
 
     if not teachers:
         raise ValueError("cascaded_self_distillation needs at least one teacher exit")
+    if distill_from not in ("all", "nearest"):
+        raise ValueError(f"distill_from must be 'all' or 'nearest', got {distill_from!r}")
     tau = temperature if distill_temperature is None else distill_temperature
+    nearest = distill_from == "nearest"
+    full = dict(teachers) | ({s.depth: s.scores for s in students if s.full_width} if nearest else {})
     total = torch.zeros((), dtype=torch.float32, device=next(iter(teachers.values())).device)
     parts: dict[str, float] = {}
-    for layer in sorted(teachers):
-        term = group_cross_entropy(teachers[layer], temperature)
-        parts[f"ce.teacher{layer}"] = float(term.detach())
+
+    def add(name: str, term: torch.Tensor) -> None:
+        nonlocal total
+        parts[name] = float(term.detach())
         total = total + term
+
+    def learn(label: str, scores: torch.Tensor, sources: list[int]) -> None:
+        add(f"ce.{label}", group_cross_entropy(scores, temperature))
+        for layer in sources if distill else ():
+            add(f"kl.{label}<-{layer}", distillation_kl(scores, full[layer], tau))
+
+    for layer in sorted(teachers):
+        learn(f"teacher{layer}", teachers[layer], [n for n in sorted(full) if n > layer][:1] if nearest else [])
     for index, student in enumerate(students):
         supers = [layer for layer in sorted(teachers) if layer >= student.depth]
         if not supers:
             raise ValueError(f"student {student.name or index} exits at layer {student.depth}, deeper than every "
                              f"teacher ({', '.join(map(str, sorted(teachers)))}): it has no teacher")
-        label = student.name or f"student{index}"
-        term = group_cross_entropy(student.scores, temperature)
-        parts[f"ce.{label}"] = float(term.detach())
-        total = total + term
-        for layer in supers if distill else ():
-            kl = distillation_kl(student.scores, teachers[layer], tau)
-            parts[f"kl.{label}<-{layer}"] = float(kl.detach())
-            total = total + kl
+        if nearest:  # a full-width student: the next deeper exit of F; a compressed one: F's exit at its depth or deeper
+            supers = [n for n in sorted(full) if n > student.depth or (n == student.depth and not student.full_width)]
+        learn(student.name or f"student{index}", student.scores, supers[:1] if nearest else supers)
     return DistillationLoss(total, parts)
