@@ -13,9 +13,10 @@ mutations of one of its files (or its removal): it must search exactly as before
 nestrank error. The same is tried on a copy without ``checksums.json`` (an index of an older
 nestrank: damage can go unseen there, so only its tracebacks count).
 
-Kill/resume trials and the time to the error for a bad option or output path come from
-``bench/reliability_kill.py`` (``kill_resume_trials()``, ``time_to_error()``) when that module
-exists; otherwise those keys are null, with a note. The last line printed is one JSON object.
+Kill/resume trials (``--kill-trials`` per command of ``--kill-commands``: SIGKILL at a random
+point, then the same command; identical output expected) and the time to the error for a bad
+option or output path come from ``bench/reliability_kill.py``. The last line printed is one JSON
+object.
 """
 
 from __future__ import annotations
@@ -72,16 +73,18 @@ def fuzz_index(index: Path, expected: dict, cases: int, seed: int, workdir: Path
     return tally
 
 
-def kill_figures() -> tuple[object, object, str | None]:
-    """``(kill_resume_trials(), time_to_error(), note)`` from bench/reliability_kill.py, or ``(None, None, note)``."""
-    path = ROOT / "bench" / "reliability_kill.py"
-    if not path.is_file():
-        return None, None, "bench/reliability_kill.py is not on this branch yet: kill/resume and time-to-error not measured"
-    spec = importlib.util.spec_from_file_location("reliability_kill", path)
+def kill_figures(trials: int, commands: list[str]) -> dict[str, object]:
+    """Kill/resume trials per command and the time to the error (bench/reliability_kill.py), as summary keys."""
+    spec = importlib.util.spec_from_file_location("reliability_kill", ROOT / "bench" / "reliability_kill.py")
     module = importlib.util.module_from_spec(spec)
     assert spec.loader is not None
     spec.loader.exec_module(module)
-    return module.kill_resume_trials(), module.time_to_error(), None
+    kills = {command: module.kill_resume_trials(command, trials) for command in commands}
+    errors = module.time_to_error()
+    return {"kill_resume": kills,
+            "kill_resume_all_identical": all(k["identical"] == k["trials"] for k in kills.values()),
+            "time_to_error": errors,
+            "max_seconds_to_error": max(case["seconds"] for cases in errors.values() for case in cases.values())}
 
 
 def main() -> None:
@@ -90,6 +93,9 @@ def main() -> None:
     parser.add_argument("--index-cases", type=int, default=1000, help="Fuzz cases for the index directory.")
     parser.add_argument("--seed", type=int, default=0, help="Hypothesis seed.")
     parser.add_argument("--skip-kill", action="store_true", help="Do not run bench/reliability_kill.py.")
+    parser.add_argument("--kill-trials", type=int, default=2, help="kill -9 / resume trials per command.")
+    parser.add_argument("--kill-commands", default="encode,index,search,rerank,train",
+                        help="Comma-separated commands to kill and resume.")
     parser.add_argument("--readers", default=None, help="Comma-separated reader names to fuzz (default: all).")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -126,7 +132,7 @@ def main() -> None:
         for example in shown:
             print(f"  {name}: {example[:400]}", file=sys.stderr)
     fuzz_seconds = time.perf_counter() - start
-    kill, to_error, note = (None, None, "skipped (--skip-kill)") if args.skip_kill else kill_figures()
+    kill = {} if args.skip_kill else kill_figures(args.kill_trials, args.kill_commands.split(","))
     totals = {key: sum(figures[key] for figures in fuzz.values()) for key in ("traceback", "silent_wrong",
                                                                               "rejected_valid")}
     summary = {
@@ -139,9 +145,7 @@ def main() -> None:
         "fuzz": fuzz,
         "index_without_checksums": {**legacy_figures, "note": "not verified (no checksums.json): only tracebacks "
                                     "count; damage it cannot see is why indexes now record checksums"},
-        "kill_resume": kill,
-        "time_to_error": to_error,
-        "note": note,
+        **kill,
         "seed": args.seed,
         "fuzz_seconds": round(fuzz_seconds, 1),
     }
