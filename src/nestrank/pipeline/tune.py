@@ -20,7 +20,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from nestrank.integrity import CHECKSUMS_FILE, write_checksums
 from nestrank.pipeline.frontier import TunePoint, choose_profiles, plot_points, write_points_csv
 from nestrank.pipeline.interpolate import WEIGHT_GRID, interpolate
 
-__all__ = ["TuneGrid", "TuneResult", "default_grid", "tune", "validation_queries"]
+__all__ = ["TuneGrid", "TuneResult", "default_grid", "plan_passes", "tune", "validation_queries"]
 
 CHUNK_QUERIES = 16
 VALIDATION_FILE = "validation_queries.txt"  # written by the trainers into the output and model directories
@@ -64,6 +64,29 @@ class TuneGrid:
                     continue  # a compression at or after this exit
                 out.append((width, depth, config))
         return out
+
+
+def plan_passes(configs: Iterable[str | None], num_layers: int) -> dict[str, list[int]]:
+    """One reranking pass per width: ``{width: exit depths}`` scoring every configuration of ``configs``.
+
+    The width is a configuration without its depth (``"full"``, ``"compress=8:0.5"``): give it as
+    ``config`` and the depths as ``exits`` to :func:`nestrank.rerank.rerank_run_exits`, which
+    scores them all at the cost of the deepest. Configurations of the same width share a pass.
+
+    Raises:
+        ConfigError: a configuration that does not fit a model of ``num_layers`` layers, or that
+            has several exits.
+    """
+    from nestrank.models.matryoshka.config import MatryoshkaConfig, parse_config
+
+    passes: dict[str, set[int]] = {}
+    for config in configs:
+        parsed = parse_config(config)
+        if len(parsed.exits) > 1:
+            raise ConfigError(f"plan_passes takes configurations of one exit each, got {config!r}")
+        width = str(MatryoshkaConfig(compress=parsed.compress, passage_tokens=parsed.passage_tokens))
+        passes.setdefault(width, set()).add(parsed.validate(num_layers)[-1])
+    return {width: sorted(depths) for width, depths in passes.items()}
 
 
 def default_grid(num_layers: int) -> TuneGrid:
