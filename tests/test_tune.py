@@ -50,7 +50,7 @@ def test_default_grid_scales_with_the_depth():
     assert default_grid(6).depths == [2, 3, 4, 5, 6]
 
 
-def test_plan_passes_scores_every_configuration_in_one_pass_per_width(tmp_path, tiny_checkpoint):
+def test_plan_passes_scores_every_configuration_in_one_pass_per_width(tmp_path, tiny_checkpoint, monkeypatch):
     passes = plan_passes(["depth=4,compress=2:0.5", None, "depth=3", "compress=2:0.5", "depth=3", "full"], 6)
     assert passes == {"compress=2:0.5": [4, 6], "full": [3, 6]}
     with pytest.raises(ConfigError, match="exit layer 7 is out of range"):
@@ -59,19 +59,22 @@ def test_plan_passes_scores_every_configuration_in_one_pass_per_width(tmp_path, 
         plan_passes(["depth=2,compress=2:0.5"], 6)
     with pytest.raises(ConfigError, match="one exit each"):
         plan_passes(["exits=2;4"], 6)
-    # a width is a configuration rerank_run_exits takes: each exit's run is that configuration's own
+    # rerank_configs: one pass per width, and each configuration's run is the one it gives alone
     ds = Dataset.open(write_beir(tmp_path / "data"))
     reranker = MatryoshkaReranker.from_pretrained(str(tiny_checkpoint), dtype="float32", device="cpu")
     candidates = BM25Index.build(ds.corpus).search(ds.queries, 5)
-    for config in ("depth=4,compress=2:0.5", "depth=3"):
-        ((width, (depth,)),) = plan_passes([config], 6).items()
-        exits = rerank_run_exits(candidates, ds.queries, ds.corpus, reranker, [depth, 6], rerank_depth=5,
-                                 config=width, show_progress=False)
+    configs = ["depth=4,compress=2:0.5", None, "depth=3", "compress=2:0.5"]
+    passes = []
+    monkeypatch.setattr("nestrank.rerank.rerank_run_exits",
+                        lambda *a, **kw: passes.append(kw["config"]) or rerank_run_exits(*a, **kw))
+    runs = tune_module.rerank_configs(reranker, candidates, ds.queries, ds.corpus, configs, rerank_depth=5)
+    assert len(passes) == 2 and set(passes) == {"compress=2:0.5", None} and list(runs) == configs
+    for config in configs:
         alone = rerank_run(candidates, ds.queries, ds.corpus, reranker, rerank_depth=5, config=config,
                            show_progress=False)
         for q in alone:
-            assert exits[depth].doc_ids(q) == alone.doc_ids(q)
-            assert [s for _, s in exits[depth][q]] == pytest.approx([s for _, s in alone[q]], abs=1e-5)
+            assert runs[config].doc_ids(q) == alone.doc_ids(q)
+            assert [s for _, s in runs[config][q]] == pytest.approx([s for _, s in alone[q]], abs=1e-5)
 
 
 def test_rows_go_to_a_csv_and_lines_to_a_plot(tmp_path):
