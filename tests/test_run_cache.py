@@ -8,6 +8,7 @@ import pytest
 from helpers import TINY_DOCS, TINY_QUERIES
 
 from nestrank.data import Corpus, Document, Run
+from nestrank.errors import ConfigError
 from nestrank.pipeline import FirstStage, FirstStageSection, cached_run, cached_runs
 from nestrank.pipeline.run_cache import RECORD_SUFFIX
 from nestrank.retrieve.bm25 import BM25Index
@@ -55,6 +56,8 @@ def test_a_stage_object_is_used_as_it_is(tmp_path):
     index = BM25Index.build(CORPUS)
     run = cached_run(index, QUERIES, tmp_path / "x.run", k=2)
     assert same(run, index.search(QUERIES, k=2))
+    with pytest.raises(ConfigError, match="no path for the query set 'test'"):
+        cached_runs(index, {"train": QUERIES, "test": QUERIES}, {"train": tmp_path / "t.run"})
 
 
 @pytest.mark.parametrize(("change", "reason"), [

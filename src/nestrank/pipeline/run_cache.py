@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nestrank.data import Run
-from nestrank.errors import ArtifactError
+from nestrank.errors import ArtifactError, ConfigError
 from nestrank.files import atomic_write
 from nestrank.integrity import check_file, file_record, ids_fingerprint
 
@@ -55,6 +55,9 @@ def cached_runs(stage: Searcher | Callable[[], Searcher], splits: Mapping[str, M
                 tag: str = "nestrank") -> dict[str, Run]:
     """:func:`cached_run` for several query sets (``{name: queries}``, written to ``paths[name]``), with the
     stage opened at most once."""
+    missing = [name for name in splits if name not in paths]
+    if missing:
+        raise ConfigError(f"cached_runs: no path for the query set {missing[0]!r} (fix: give paths[{missing[0]!r}])")
     opened: list[Searcher] = []
     runs = {}
     for name, queries in splits.items():
