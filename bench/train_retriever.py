@@ -37,7 +37,9 @@ import numpy as np
 
 from nestrank.data import Corpus, Dataset, Qrels, Queries, Run
 from nestrank.evaluate import evaluate
+from nestrank.integrity import ids_fingerprint
 from nestrank.models.dense import DenseEncoder
+from nestrank.pipeline import FirstStage, FirstStageSection, cached_runs
 from nestrank.retrieve.dense_index import exact_top_k
 from nestrank.retrieve.embeddings import Embeddings
 from nestrank.retrieve.encode import encode_corpus
@@ -52,18 +54,11 @@ RELOAD_DOCS = 64  # documents re-encoded by a freshly loaded checkpoint to check
 
 
 def bm25_runs(ds: Dataset, out: Path, splits: dict[str, Queries]) -> dict[str, Run]:
-    """Top-100 BM25 runs per split (cached as TREC files under ``out``)."""
-    paths = {name: out / f"bm25.{name}.run" for name in splits}
-    if all(p.is_file() for p in paths.values()):
-        return {name: Run.read_trec(p) for name, p in paths.items()}
-    from nestrank.retrieve.bm25 import BM25Index
-
-    index = BM25Index.build(ds.corpus)
-    runs = {}
-    for name, queries in splits.items():
-        runs[name] = index.search(queries, k=100)
-        runs[name].write_trec(paths[name], tag="bm25")
-    return runs
+    """Top-100 BM25 runs per split, cached as ``out/bm25.<split>.run`` (reused while they verify)."""
+    section = FirstStageSection(method="bm25")
+    return cached_runs(lambda: FirstStage.open(section, ds.corpus), splits,
+                       {name: out / f"bm25.{name}.run" for name in splits}, k=100, tag="bm25",
+                       built_from={"method": "bm25", "corpus_ids_sha256": ids_fingerprint(ds.corpus.ids)})
 
 
 def dense_run(encoder, corpus: Corpus, emb_dir: Path, queries: Queries, name: str) -> tuple[Run, float]:

@@ -15,8 +15,9 @@ from nestrank.cli import commands as _commands  # noqa: F401  (registers the com
 from nestrank.data import Dataset, Run
 from nestrank.errors import ConfigError
 from nestrank.models import MatryoshkaReranker, read_profiles
-from nestrank.pipeline.frontier import TunePoint, choose_profiles, pareto_frontier
-from nestrank.pipeline.tune import TuneGrid, default_grid, tune
+from nestrank.pipeline.frontier import TunePoint, choose_profiles, pareto_frontier, plot_lines, write_rows_csv
+from nestrank.pipeline.tune import TuneGrid, default_grid, plan_passes, tune
+from nestrank.rerank import rerank_run, rerank_run_exits
 from nestrank.retrieve import BM25Index
 
 
@@ -47,6 +48,44 @@ def test_default_grid_scales_with_the_depth():
     assert [c for _, _, c in grid.configs(30)][:2] == ["depth=10", "depth=15"]
     assert "depth=10,compress=8:0.5" in [c for _, _, c in grid.configs(30)]
     assert default_grid(6).depths == [2, 3, 4, 5, 6]
+
+
+def test_plan_passes_scores_every_configuration_in_one_pass_per_width(tmp_path, tiny_checkpoint, monkeypatch):
+    passes = plan_passes(["depth=4,compress=2:0.5", None, "depth=3", "compress=2:0.5", "depth=3", "full"], 6)
+    assert passes == {"compress=2:0.5": [4, 6], "full": [3, 6]}
+    with pytest.raises(ConfigError, match="exit layer 7 is out of range"):
+        plan_passes(["depth=7"], 6)
+    with pytest.raises(ConfigError, match="at or after the exit layer"):
+        plan_passes(["depth=2,compress=2:0.5"], 6)
+    with pytest.raises(ConfigError, match="one exit each"):
+        plan_passes(["exits=2;4"], 6)
+    # rerank_configs: one pass per width, and each configuration's run is the one it gives alone
+    ds = Dataset.open(write_beir(tmp_path / "data"))
+    reranker = MatryoshkaReranker.from_pretrained(str(tiny_checkpoint), dtype="float32", device="cpu")
+    candidates = BM25Index.build(ds.corpus).search(ds.queries, 5)
+    configs = ["depth=4,compress=2:0.5", None, "depth=3", "compress=2:0.5"]
+    passes = []
+    monkeypatch.setattr("nestrank.rerank.rerank_run_exits",
+                        lambda *a, **kw: passes.append(kw["config"]) or rerank_run_exits(*a, **kw))
+    runs = tune_module.rerank_configs(reranker, candidates, ds.queries, ds.corpus, configs, rerank_depth=5)
+    assert len(passes) == 2 and set(passes) == {"compress=2:0.5", None} and list(runs) == configs
+    for config in configs:
+        alone = rerank_run(candidates, ds.queries, ds.corpus, reranker, rerank_depth=5, config=config,
+                           show_progress=False)
+        for q in alone:
+            assert runs[config].doc_ids(q) == alone.doc_ids(q)
+            assert [s for _, s in runs[config][q]] == pytest.approx([s for _, s in alone[q]], abs=1e-5)
+
+
+def test_rows_go_to_a_csv_and_lines_to_a_plot(tmp_path):
+    rows = [{"model": "comp", "depth": 2, "ndcg@10": 0.5}, {"model": "comp", "depth": 4, "ndcg@10": 0.6}]
+    path = write_rows_csv(rows, tmp_path / "sweep" / "s.csv")
+    assert path.read_text() == "model,depth,ndcg@10\ncomp,2,0.5\ncomp,4,0.6\n"
+    with pytest.raises(ConfigError, match="no rows"):
+        write_rows_csv([], tmp_path / "empty.csv")
+    png = plot_lines({"comp, full width": [(0.5, 0.5, "2"), (1.0, 0.6, "4")]}, tmp_path / "s.png", metric="nDCG@10",
+                     cost_label="relative FLOPs", title="sweep", baseline=0.4, baseline_label="BM25")
+    assert png.read_bytes().startswith(b"\x89PNG") and png.stat().st_size > 1000
 
 
 def test_tune_writes_profiles_csv_and_plot_and_resumes_from_its_cache(tmp_path, tiny_checkpoint, monkeypatch):

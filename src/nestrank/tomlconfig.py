@@ -24,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["build_sections", "load_sections", "parse_overrides", "read_toml"]
+__all__ = ["apply_overrides", "build_sections", "load_sections", "parse_overrides", "read_toml"]
 
 T = TypeVar("T")
 
@@ -38,13 +38,19 @@ def read_toml(path: str | Path, overrides: dict[str, Any] | None = None, what: s
         data = tomllib.loads(path.read_bytes().decode("utf-8"))  # no newline translation: a bare CR is not TOML
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    return apply_overrides(data, overrides, str(path))
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any] | None, where: str = "config") -> dict[str, Any]:
+    """A copy of ``{section: {key: value}}`` data with ``{"section.key": value}`` overrides replacing its values."""
+    data = {section: dict(table) if isinstance(table, dict) else table for section, table in data.items()}
     for dotted, value in (overrides or {}).items():
         section, _, key = dotted.partition(".")
         if not key:
-            raise ConfigError(f"override {dotted!r} must look like section.key (e.g. reranker.rerank_depth)")
+            raise ConfigError(f"override {dotted!r} must look like section.key (e.g. train.max_steps)")
         table = data.setdefault(section, {})
         if not isinstance(table, dict):
-            raise ConfigError(f"override {dotted!r}: {section} is not a table in {path}")
+            raise ConfigError(f"override {dotted!r}: {section} is not a table in {where}")
         table[key] = value
     return data
 

@@ -14,6 +14,7 @@ from nestrank.pipeline.first_stage import FirstStage
 from nestrank.pipeline.interpolate import choose_weight, interpolate
 from nestrank.pipeline.pipeline import Hit, Pipeline, PipelineResult, StageStats, meta_path, read_meta
 from nestrank.pipeline.rerank_stage import RerankStage
+from nestrank.pipeline.run_cache import cached_run, cached_runs
 
 __all__ = [
     "DataSection",
@@ -26,6 +27,8 @@ __all__ = [
     "RerankStage",
     "RerankerSection",
     "StageStats",
+    "cached_run",
+    "cached_runs",
     "choose_weight",
     "interpolate",
     "load_pipeline_config",

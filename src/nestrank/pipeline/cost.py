@@ -9,15 +9,24 @@ configuration, over the same sum for the full model.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from nestrank.data.corpus import Document
 
-__all__ = ["PairShapes", "flops_ratio", "pair_shapes", "pairs_flops"]
+if TYPE_CHECKING:
+    from nestrank.data import Corpus, Run
+
+__all__ = ["PairShapes", "flops_ratio", "pair_shapes", "pairs_flops", "run_pairs"]
 
 #: ``(query tokens, passage tokens, other tokens) -> number of pairs``.
 PairShapes = Counter[tuple[int, int, int]]
+
+
+def run_pairs(run: Run, queries: Mapping[str, str], corpus: Corpus, rerank_depth: int | None = None
+              ) -> list[tuple[str, Document]]:
+    """The ``(query text, document)`` pairs reranking ``run`` scores: each query's top ``rerank_depth`` (default all)."""
+    return [(queries[qid], doc) for qid in run for doc in corpus.get_many(run.doc_ids(qid, rerank_depth))]
 
 
 def pair_shapes(reranker: Any, pairs: Iterable[tuple[str, Document | str]]) -> PairShapes:

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from nestrank.errors import ConfigError
 
-__all__ = ["TOLERANCES", "TunePoint", "choose_profiles", "pareto_frontier", "plot_points", "write_points_csv"]
+__all__ = ["TOLERANCES", "TunePoint", "choose_profiles", "pareto_frontier", "plot_lines", "plot_points", "write_points_csv",
+           "write_rows_csv"]
 
 #: Default relative quality tolerances of the chosen profiles, below the best quality.
 TOLERANCES: dict[str, float] = {"balanced": 0.01, "light": 0.03}
@@ -78,19 +79,26 @@ def choose_profiles(points: Sequence[TunePoint], tolerances: Mapping[str, float]
 
 def write_points_csv(points: Sequence[TunePoint], chosen: Mapping[str, TunePoint], path: str | Path) -> Path:
     """Every point as a CSV row, with ``frontier`` (0/1) and the ``profile`` names it was chosen for."""
-    from nestrank.files import atomic_write
-
     on_frontier = set(pareto_frontier(points))
     names: dict[TunePoint, list[str]] = {}
     for name, point in chosen.items():
         names.setdefault(point, []).append(name)
     fields = [*asdict(points[0]), "frontier", "profile"] if points else ["config"]
+    return write_rows_csv([{**asdict(point), "frontier": int(point in on_frontier),
+                            "profile": "+".join(names.get(point, []))}
+                           for point in sorted(points, key=lambda p: (p.cost, -p.quality))], path, fields)
+
+
+def write_rows_csv(rows: Sequence[Mapping[str, object]], path: str | Path, fields: Sequence[str] | None = None) -> Path:
+    """``rows`` as a CSV file (header: ``fields``, default the first row's keys), written atomically."""
+    from nestrank.files import atomic_write
+
+    if fields is None and not rows:
+        raise ConfigError(f"no rows to write to {path} (and no column names)")
     with atomic_write(path) as handle:
-        writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
+        writer = csv.DictWriter(handle, fieldnames=list(fields or rows[0]), lineterminator="\n")
         writer.writeheader()
-        for point in sorted(points, key=lambda p: (p.cost, -p.quality)):
-            writer.writerow({**asdict(point), "frontier": int(point in on_frontier),
-                             "profile": "+".join(names.get(point, []))})
+        writer.writerows(rows)
     return Path(path)
 
 
@@ -115,4 +123,26 @@ def plot_points(points: Sequence[TunePoint], chosen: Mapping[str, TunePoint], pa
                     xytext=(6, -12 if name == "full" else 6), fontsize=7, color="tab:red")
     if baseline is not None:
         ax.axhline(baseline, color="grey", linestyle="--", linewidth=1, label="first stage alone")
+    return finish_plot(fig, ax, path, xlabel=cost_label, ylabel=metric, title=title, legend=True)
+
+
+def plot_lines(lines: Mapping[str, Sequence[tuple[float, float, str]]], path: str | Path, *, metric: str,
+               cost_label: str, title: str, baseline: float | None = None, baseline_label: str = "first stage alone"
+               ) -> Path:
+    """Quality vs cost as one line per name (a model at one width, say), each point ``(cost, quality, label)``
+    annotated with its label (e.g. the exit depth): the paper's Figure 4."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nestrank.evaluate.plot import finish_plot
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for name, line in lines.items():
+        ax.plot([cost for cost, _, _ in line], [quality for _, quality, _ in line], marker="o", label=name)
+        for cost, quality, label in line:
+            ax.annotate(label, (cost, quality), textcoords="offset points", xytext=(3, 3), fontsize=7)
+    if baseline is not None:
+        ax.axhline(baseline, color="grey", linestyle="--", linewidth=1, label=baseline_label)
     return finish_plot(fig, ax, path, xlabel=cost_label, ylabel=metric, title=title, legend=True)

@@ -85,7 +85,7 @@ class RerankStage:
     def apply(self, candidates: Run, queries: Mapping[str, str], corpus: Corpus, *, show_progress: bool = False
               ) -> tuple[Run, StageStats]:
         """Rerank ``candidates`` and interpolate; returns the run and the stage's :class:`StageStats`."""
-        from nestrank.pipeline.cost import pair_shapes, pairs_flops
+        from nestrank.pipeline.cost import pair_shapes, pairs_flops, run_pairs
         from nestrank.pipeline.interpolate import interpolate
         from nestrank.rerank import rerank_run
 
@@ -95,8 +95,7 @@ class RerankStage:
         seconds = time.perf_counter() - clock
         run = reranked if self.weight == 1.0 else interpolate(candidates, reranked, self.weight, self.rerank_depth,
                                                               self.norm)
-        pairs = [(queries[qid], doc) for qid in candidates
-                 for doc in corpus.get_many(candidates.doc_ids(qid, self.rerank_depth))]
+        pairs = run_pairs(candidates, queries, corpus, self.rerank_depth)
         sums = pairs_flops(self.reranker, self.config, pair_shapes(self.reranker, pairs)) \
             if hasattr(self.reranker, "flops") else None
         ratio = sums[0] / sums[1] if sums and sums[1] else None

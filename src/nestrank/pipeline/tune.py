@@ -2,7 +2,8 @@
 
 :func:`tune` scores the first stage's candidates of the validation queries once per width,
 reading every exit depth of that width from the same pass
-(:func:`nestrank.rerank.rerank_run_exits`), then evaluates the grid of exit depths x widths x
+(:func:`nestrank.rerank.rerank_run_exits`; :func:`plan_passes` and :func:`rerank_configs` plan and
+run such passes for any list of configurations), then evaluates the grid of exit depths x widths x
 reranking depths x interpolation weights, measures the real cost of each configuration on
 this machine (milliseconds per pair, timed on a fixed sample of pairs) and its analytic FLOPs,
 and names the ``full``, ``balanced`` and ``light`` points of the quality/cost Pareto frontier
@@ -20,7 +21,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from nestrank.integrity import CHECKSUMS_FILE, write_checksums
 from nestrank.pipeline.frontier import TunePoint, choose_profiles, plot_points, write_points_csv
 from nestrank.pipeline.interpolate import WEIGHT_GRID, interpolate
 
-__all__ = ["TuneGrid", "TuneResult", "default_grid", "tune", "validation_queries"]
+__all__ = ["TuneGrid", "TuneResult", "default_grid", "plan_passes", "rerank_configs", "tune", "validation_queries"]
 
 CHUNK_QUERIES = 16
 VALIDATION_FILE = "validation_queries.txt"  # written by the trainers into the output and model directories
@@ -64,6 +65,50 @@ class TuneGrid:
                     continue  # a compression at or after this exit
                 out.append((width, depth, config))
         return out
+
+
+def plan_passes(configs: Iterable[str | None], num_layers: int) -> dict[str, list[int]]:
+    """One reranking pass per width: ``{width: exit depths}`` scoring every configuration of ``configs``.
+
+    The width is a configuration without its depth (``"full"``, ``"compress=8:0.5"``): give it as
+    ``config`` and the depths as ``exits`` to :func:`nestrank.rerank.rerank_run_exits`, which
+    scores them all at the cost of the deepest. Configurations of the same width share a pass.
+
+    Raises:
+        ConfigError: a configuration that does not fit a model of ``num_layers`` layers, or that
+            has several exits.
+    """
+    from nestrank.models.matryoshka.config import MatryoshkaConfig, parse_config
+
+    passes: dict[str, set[int]] = {}
+    for config in configs:
+        parsed = parse_config(config)
+        if len(parsed.exits) > 1:
+            raise ConfigError(f"plan_passes takes configurations of one exit each, got {config!r}")
+        width = str(MatryoshkaConfig(compress=parsed.compress, passage_tokens=parsed.passage_tokens))
+        passes.setdefault(width, set()).add(parsed.validate(num_layers)[-1])
+    return {width: sorted(depths) for width, depths in passes.items()}
+
+
+def rerank_configs(reranker: Any, run: Run, queries: Mapping[str, str], corpus: Corpus, configs: Sequence[str | None],
+                   *, rerank_depth: int, batch_tokens: int | None = None, show_progress: bool = False
+                   ) -> dict[str | None, Run]:
+    """``{config: run reranked under it}`` for every configuration, in one pass per width (:func:`plan_passes`).
+
+    The runs are those of one :func:`~nestrank.rerank.rerank_run` per configuration, at the cost
+    of the deepest exit of each width.
+    """
+    from nestrank.rerank import rerank_run_exits
+
+    passes = {width: rerank_run_exits(run, queries, corpus, reranker, exits, rerank_depth=rerank_depth,
+                                      config=None if width == "full" else width, batch_tokens=batch_tokens,
+                                      show_progress=show_progress)
+              for width, exits in plan_passes(configs, reranker.num_layers).items()}
+    out = {}
+    for config in configs:
+        ((width, (depth,)),) = plan_passes([config], reranker.num_layers).items()
+        out[config] = passes[width][depth]
+    return out
 
 
 def default_grid(num_layers: int) -> TuneGrid:
@@ -108,7 +153,7 @@ def tune(reranker: Any, candidates: Run, queries: Mapping[str, str], qrels: Qrel
     """
     from nestrank.evaluate import evaluate
     from nestrank.models import Profile, write_profiles
-    from nestrank.pipeline.cost import flops_ratio, pair_shapes
+    from nestrank.pipeline.cost import flops_ratio, pair_shapes, run_pairs
 
     say = log or (lambda *_: None)
     grid = grid or default_grid(reranker.num_layers)
@@ -120,7 +165,7 @@ def tune(reranker: Any, candidates: Run, queries: Mapping[str, str], qrels: Qrel
     cache = Path(work_dir) / _fingerprint(reranker, candidates, model_id)
     configs = grid.configs(reranker.num_layers)
     scores = _score_all(reranker, candidates, queries, corpus, configs, cache, say, show_progress)
-    pairs = [(queries[q], doc) for q in qids for doc in corpus.get_many(candidates.doc_ids(q))]
+    pairs = run_pairs(candidates, queries, corpus)
     shapes = pair_shapes(reranker, pairs)
     timings = _timings(reranker, pairs[:timing_pairs], [c for _, _, c in configs], cache, say) if timing_pairs else {}
     points = []

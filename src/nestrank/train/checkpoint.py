@@ -170,9 +170,25 @@ def check_compatible(saved: dict[str, dict], current: dict[str, dict], path: Pat
 
     A key the checkpoint predates counts as its legacy value (:data:`~nestrank.train.config.LEGACY_VALUES`).
     """
+    changed = changed_setting(saved, current, keys_by_section)
+    if changed is not None:
+        raise ConfigError(f"cannot resume from {path}: {changed} (fix: use the checkpoint's settings)")
+
+
+def changed_setting(saved: dict[str, dict], current: dict[str, dict],
+                    keys_by_section: dict[str, tuple[str, ...] | None] = RESUME_KEYS, ignore: tuple[str, ...] = ()
+                    ) -> str | None:
+    """The first setting in ``keys_by_section`` (``None``: the whole section) that differs between two configs'
+    ``to_dict()``, as ``"section.key was X there and is Y now"``; ``None`` when none does.
+
+    ``ignore`` lists ``"section.key"`` names left out. A key ``saved`` predates counts as its
+    legacy value (:data:`~nestrank.train.config.LEGACY_VALUES`).
+    """
     for section, keys in keys_by_section.items():
         for key in keys or current[section]:
+            if f"{section}.{key}" in ignore:
+                continue
             was = saved.get(section, {}).get(key, LEGACY_VALUES.get((section, key)))
             if was != current[section][key]:
-                raise ConfigError(f"cannot resume from {path}: {section}.{key} was {was!r} there and is "
-                                  f"{current[section][key]!r} now (fix: use the checkpoint's settings)")
+                return f"{section}.{key} was {was!r} there and is {current[section][key]!r} now"
+    return None

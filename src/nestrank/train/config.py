@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from nestrank.errors import ConfigError
+from nestrank.tomlconfig import apply_overrides, parse_overrides  # noqa: F401 (parse_overrides: part of this API)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -320,8 +321,11 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def config_from_dict(data: dict[str, Any], where: str = "config") -> TrainConfig:
-    """Build and validate a :class:`TrainConfig` from nested ``{section: {key: value}}`` data."""
+def config_from_dict(data: dict[str, Any], where: str = "config", overrides: dict[str, Any] | None = None
+                     ) -> TrainConfig:
+    """Build and validate a :class:`TrainConfig` from nested ``{section: {key: value}}`` data, with ``overrides``
+    (``{"section.key": value}``) replacing its values."""
+    data = apply_overrides(data, overrides, where)
     sections = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
     hints = typing.get_type_hints(TrainConfig)
     built: dict[str, Any] = {}
@@ -344,12 +348,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
         data = tomllib.loads(path.read_bytes().decode("utf-8"))  # no newline translation: a bare CR is not TOML
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    for dotted, value in (overrides or {}).items():
-        section, _, key = dotted.partition(".")
-        if not key:
-            raise ConfigError(f"override {dotted!r} must look like section.key (e.g. train.max_steps)")
-        data.setdefault(section, {})[key] = value
-    return config_from_dict(data, str(path))
+    return config_from_dict(data, str(path), overrides)
 
 
 def _build_section(cls: type, values: dict[str, Any], section: str, where: str) -> Any:
@@ -384,17 +383,3 @@ def _check_type(value: Any, hint: Any, key: str, where: str) -> Any:
 def _suggest(name: str, known: Any) -> str:
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def parse_overrides(items: list[str]) -> dict[str, object]:
-    """``section.key=VALUE`` strings to a dict; VALUE is read as TOML (``5``, ``true``, ``"x"``), else kept as text."""
-    out: dict[str, object] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ConfigError(f"--set {item!r}: write section.key=VALUE, e.g. train.max_steps=10")
-        try:
-            out[key.strip()] = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            out[key.strip()] = raw
-    return out
