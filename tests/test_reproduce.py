@@ -37,6 +37,23 @@ def test_a_figure_off_its_expectation_fails_the_command(tmp_path, tiny_beir):
     assert listed.exit_code == 0 and "fixed: nDCG@10 0.99" in listed.stdout
 
 
+def test_a_sampled_condition_is_scored_on_its_sample_only(tmp_path, tiny_beir):
+    from nestrank.data import Dataset
+    from nestrank.data.queries import sample_ids
+
+    judged = Dataset.open(tiny_beir).qrels("test")
+    chosen = sample_ids(judged, 1, 0)[0]
+    run = tmp_path / "one.run"  # perfect on the sampled query, nothing for the others
+    run.write_text("".join(f"{chosen} Q0 {doc} {rank} {10 - rank} x\n"
+                           for rank, doc in enumerate(sorted(judged[chosen], key=lambda d: -judged[chosen][d]), 1)))
+    file = tmp_path / "r.toml"
+    file.write_text(f'[[condition]]\nname = "one"\ncommands = []\nrun = "{run}"\nexpected = 1.0\nsample = 1\n'
+                    f'[[condition]]\nname = "all"\ncommands = []\nrun = "{run}"\nexpected = {1 / len(judged)}\n'
+                    f'tolerance = 0.001\n')
+    outcomes = reproduce(load_conditions(file), dataset=str(tiny_beir), out=tmp_path)
+    assert [(o.condition.name, o.ok) for o in outcomes] == [("one", True), ("all", True)], outcomes
+
+
 @pytest.mark.parametrize(("text", "message"), [
     ("", "no \\[\\[condition\\]\\] entries"),
     ('[[condition]]\nname = "a"\ncommands = []\nrun = "x"\n', "missing expected"),

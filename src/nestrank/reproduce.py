@@ -13,6 +13,7 @@ As Pyserini's reproduction pages do, every figure the README quotes is a conditi
     expected = 0.6863
     tolerance = 0.0005           # |got - expected| allowed
     minutes = 0.2                # about how long the commands take on 2 CPU cores (informative)
+    sample = 0                   # > 0: the commands ran `--sample N --seed SEED`; scored on those queries
 
 ``{dataset}`` and ``{out}`` are filled in; a command's leading ``nestrank`` runs this
 installation's CLI. :func:`reproduce` runs the conditions in order (a condition whose run
@@ -47,6 +48,8 @@ class Condition:
     tolerance: float = 0.0005
     minutes: float | None = None
     note: str = ""
+    sample: int = 0      # > 0: the commands ran a seeded sample of N judged queries (--sample N --seed SEED)
+    seed: int = 0
 
 
 @dataclass
@@ -95,8 +98,9 @@ def load_conditions(path: str | Path) -> list[Condition]:
 def reproduce(conditions: list[Condition], *, dataset: str, out: str | Path, rerun: bool = False,
               log=None) -> list[Outcome]:
     """Run each condition's commands (unless its run exists and not ``rerun``), then score its run."""
-    from nestrank.data import Dataset, Run
+    from nestrank.data import Dataset, Qrels, Run
     from nestrank.data.download import resolve_dataset
+    from nestrank.data.queries import sample_ids
     from nestrank.evaluate import evaluate
 
     say = log or (lambda *_: None)
@@ -112,7 +116,10 @@ def reproduce(conditions: list[Condition], *, dataset: str, out: str | Path, rer
                 _execute(_fill(command, dataset, out), condition.name)
         if not run_path.is_file():
             raise ConfigError(f"condition {condition.name!r}: its commands did not write {run_path}")
-        got = evaluate(Run.read_trec(run_path), ds.qrels(condition.split), [condition.metric])
+        judged = ds.qrels(condition.split)
+        if condition.sample > 0:  # the queries `--sample N --seed S` ran, as `nestrank evaluate --sample` scores them
+            judged = Qrels({qid: judged[qid] for qid in sample_ids(judged, condition.sample, condition.seed)})
+        got = evaluate(Run.read_trec(run_path), judged, [condition.metric])
         outcomes.append(Outcome(condition, round(next(iter(got.values())), 4), (time.perf_counter() - clock) / 60, ran))
     return outcomes
 
