@@ -24,7 +24,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["apply_overrides", "build_sections", "load_sections", "parse_overrides", "read_toml"]
+__all__ = ["apply_overrides", "build_section", "build_sections", "check_type", "load_sections", "parse_overrides", "read_toml",
+           "suggest"]
 
 T = TypeVar("T")
 
@@ -61,11 +62,11 @@ def build_sections(cls: type[T], data: dict[str, Any], where: str) -> T:
     built: dict[str, Any] = {}
     for section, values in data.items():
         if section not in hints:
-            raise ConfigError(f"{where}: unknown section [{section}]{_suggest(section, hints)}; "
+            raise ConfigError(f"{where}: unknown section [{section}]{suggest(section, hints)}; "
                               f"sections are {', '.join(f'[{s}]' for s in hints)}")
         if not isinstance(values, dict):
             raise ConfigError(f"{where}: {section} must be a table ([{section}] followed by key = value lines)")
-        built[section] = _build_section(hints[section], values, section, where)
+        built[section] = build_section(hints[section], values, section, where)
     return cls(**built)
 
 
@@ -88,13 +89,14 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
     return out
 
 
-def _build_section(cls: type, values: dict[str, Any], section: str, where: str) -> Any:
+def build_section(cls: type, values: dict[str, Any], section: str, where: str) -> Any:
+    """The dataclass ``cls`` from one TOML section's ``values``: unknown keys (with a hint) and wrong types raise."""
     hints = typing.get_type_hints(cls)
     known = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in values.items():
         if key not in known:
-            raise ConfigError(f"{where}: unknown key {section}.{key}{_suggest(key, known)}; "
+            raise ConfigError(f"{where}: unknown key {section}.{key}{suggest(key, known)}; "
                               f"[{section}] takes {', '.join(known)}")
         kwargs[key] = check_type(value, hints[key], f"{section}.{key}", where)
     return cls(**kwargs)
@@ -125,6 +127,7 @@ def check_type(value: Any, hint: Any, key: str, where: str) -> Any:
     return value
 
 
-def _suggest(name: str, known: Any) -> str:
+def suggest(name: str, known: Any) -> str:
+    """`` (did you mean 'x'?)`` for the closest of ``known`` to ``name``, or an empty string."""
     close = difflib.get_close_matches(name, list(known), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""

@@ -23,15 +23,13 @@ in the file are taken relative to the current directory (where you run the comma
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import sys
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from nestrank.errors import ConfigError
-from nestrank.tomlconfig import apply_overrides, parse_overrides  # noqa: F401 (parse_overrides: part of this API)
+from nestrank.tomlconfig import apply_overrides, build_sections, parse_overrides  # noqa: F401 (parse_overrides: part of this API)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -325,18 +323,7 @@ def config_from_dict(data: dict[str, Any], where: str = "config", overrides: dic
                      ) -> TrainConfig:
     """Build and validate a :class:`TrainConfig` from nested ``{section: {key: value}}`` data, with ``overrides``
     (``{"section.key": value}``) replacing its values."""
-    data = apply_overrides(data, overrides, where)
-    sections = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
-    hints = typing.get_type_hints(TrainConfig)
-    built: dict[str, Any] = {}
-    for section, values in data.items():
-        if section not in sections:
-            raise ConfigError(f"{where}: unknown section [{section}]{_suggest(section, sections)}; "
-                              f"sections are {', '.join(f'[{s}]' for s in sections)}")
-        if not isinstance(values, dict):
-            raise ConfigError(f"{where}: {section} must be a table ([{section}] followed by key = value lines)")
-        built[section] = _build_section(hints[section], values, section, where)
-    return TrainConfig(**built).validate(where)
+    return build_sections(TrainConfig, apply_overrides(data, overrides, where), where).validate(where)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> TrainConfig:
@@ -349,37 +336,3 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Tr
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     return config_from_dict(data, str(path), overrides)
-
-
-def _build_section(cls: type, values: dict[str, Any], section: str, where: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for key, value in values.items():
-        if key not in hints:
-            raise ConfigError(f"{where}: unknown key {section}.{key}{_suggest(key, hints)}; "
-                              f"[{section}] takes {', '.join(hints)}")
-        kwargs[key] = _check_type(value, hints[key], f"{section}.{key}", where)
-    return cls(**kwargs)
-
-
-def _check_type(value: Any, hint: Any, key: str, where: str) -> Any:
-    origin = typing.get_origin(hint)
-    if origin is list:
-        (item,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: {key} must be a list, got {value!r}")
-        return [_check_type(v, item, f"{key}[{i}]", where) for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is bool and not isinstance(value, bool):
-        raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
-    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
-        raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
-    if not isinstance(value, hint):
-        raise ConfigError(f"{where}: {key} must be a {hint.__name__}, got {value!r}")
-    return value
-
-
-def _suggest(name: str, known: Any) -> str:
-    close = difflib.get_close_matches(name, list(known), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
