@@ -50,6 +50,12 @@ def test_default_grid_scales_with_the_depth():
     assert default_grid(6).depths == [2, 3, 4, 5, 6]
 
 
+def test_the_default_grid_tries_only_the_exits_training_reached():
+    assert default_grid(30, trained_exits=(10, 15, 20, 30)).depths == [10, 15, 20, 30]
+    assert default_grid(30, trained_exits=(5, 10, 30)).depths == [10, 30]  # still from a third of the depth
+    assert default_grid(30, trained_exits=None).depths == [10, 15, 20, 25, 30]
+
+
 def test_plan_passes_scores_every_configuration_in_one_pass_per_width(tmp_path, tiny_checkpoint, monkeypatch):
     passes = plan_passes(["depth=4,compress=2:0.5", None, "depth=3", "compress=2:0.5", "depth=3", "full"], 6)
     assert passes == {"compress=2:0.5": [4, 6], "full": [3, 6]}

@@ -97,7 +97,7 @@ def tune_command(
     from nestrank.pipeline import FirstStage, FirstStageSection, load_pipeline_config
 
     reranker = MatryoshkaReranker.from_pretrained(model)
-    base = default_grid(reranker.num_layers)
+    base = default_grid(reranker.num_layers, getattr(reranker, "trained_exits", None))
     grid = TuneGrid(numbers["depths"] or base.depths, width_list if width_list is not None else base.widths,
                     numbers["rerank_depths"] or base.rerank_depths, numbers["weights"] or base.weights)
     section = load_pipeline_config(pipeline_file).first_stage if pipeline_file else FirstStageSection()

@@ -111,10 +111,16 @@ def rerank_configs(reranker: Any, run: Run, queries: Mapping[str, str], corpus: 
     return out
 
 
-def default_grid(num_layers: int) -> TuneGrid:
-    """Exits from a third of the depth to the last in steps of a sixth; full width, 2x and 4x at a quarter, 2x at an eighth."""
+def default_grid(num_layers: int, trained_exits: Sequence[int] | None = None) -> TuneGrid:
+    """Exits from a third of the depth to the last in steps of a sixth (or, given a checkpoint's
+    ``trained_exits``, those of them from a third of the depth on: an untrained exit's head scores at
+    chance); full width, 2x and 4x at a quarter, 2x at an eighth."""
+    first = max(1, math.ceil(num_layers / 3))
     step = max(1, math.floor(num_layers / 6 + 0.5))
-    depths = sorted({*range(max(1, math.ceil(num_layers / 3)), num_layers + 1, step), num_layers})
+    if trained_exits:
+        depths = sorted({d for d in trained_exits if d >= first} | {num_layers})
+    else:
+        depths = sorted({*range(first, num_layers + 1, step), num_layers})
     quarter = max(1, math.floor(num_layers / 4 + 0.5))
     eighth = max(1, quarter // 2)
     widths = list(dict.fromkeys(["", f"{quarter}:0.5", f"{quarter}:0.25", f"{eighth}:0.5"]))
