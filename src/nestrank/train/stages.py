@@ -143,15 +143,9 @@ def train_stages(recipe: str | Path | TrainConfig, out_dir: str | Path, stages: 
 
 def _config(recipe: str | Path | TrainConfig, overrides: dict[str, object]) -> TrainConfig:
     """``recipe`` (a TOML file or a config) with ``{"section.key": value}`` overrides applied, validated."""
-    if not isinstance(recipe, TrainConfig):
-        return load_config(recipe, overrides)
-    data = recipe.to_dict()
-    for dotted, value in overrides.items():
-        section, _, key = dotted.partition(".")
-        if not key:
-            raise ConfigError(f"override {dotted!r} must look like section.key (e.g. train.max_steps)")
-        data.setdefault(section, {})[key] = value
-    return config_from_dict(data, "recipe")
+    if isinstance(recipe, TrainConfig):
+        return config_from_dict(recipe.to_dict(), "recipe", overrides)
+    return load_config(recipe, overrides)
 
 
 def _check_reusable(plan: StagePlan) -> None:
