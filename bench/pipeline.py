@@ -4,8 +4,12 @@
     .venv/bin/python bench/pipeline.py --queries 20 --profiles light   # minutes: a subset
 
 Conditions ``bm25``, ``hybrid`` and ``hybrid+<profile>`` for each ``--profiles`` (default full,
-balanced, light), each profile with its own tuned reranking depth and interpolation weight
-(``profiles.json`` of the model, chosen on validation queries by ``nestrank tune``). Every
+balanced, light), each profile with its own tuned reranking depth and interpolation weight (a profile with the
+settings of an earlier condition reuses its run, marked ``same_as``)
+(``profiles.json`` of the model, chosen on validation queries by ``nestrank tune``), and
+``hybrid+whole``: the whole model (every layer, full width) at the reranking depth and weight
+that scored best for it on validation (the model's ``tune.csv``); ``full`` is the best-quality
+profile, which need not be the whole model. Every
 condition runs through :class:`nestrank.pipeline.Pipeline` with one loaded index and one loaded
 reranker, and reports nDCG@10, R@100, measured milliseconds per query (first stage and
 reranking separately), reranked pairs per second and the FLOPs ratio to the full model. Each
@@ -20,6 +24,7 @@ figure (``moved``). The last line printed is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import random
@@ -51,6 +56,22 @@ def condition_figures(run: Run, meta: dict, qrels) -> dict[str, object]:
     return figures
 
 
+def whole_model_section(base: RerankerSection) -> RerankerSection | None:
+    """The whole model (every layer, full width) at its best validation point of the model's ``tune.csv``."""
+    from nestrank.models.presets import local_path
+
+    path = local_path(base.model) / "tune.csv"
+    if not path.is_file():
+        return None
+    with path.open(encoding="utf-8") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["config"] == ""]
+    if not rows:
+        return None
+    best = max(rows, key=lambda row: float(row["quality"]))
+    return RerankerSection(model=base.model, config="", rerank_depth=int(best["rerank_depth"]), weight=float(best["weight"]),
+                           batch_tokens=base.batch_tokens)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", default="../shared/data/scifact")
@@ -62,6 +83,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", default="out/bench-pipeline")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice).")
+    parser.add_argument("--no-whole", action="store_true", help="Skip hybrid+whole (the whole model, depth x width "
+                        "full, at the reranking depth and weight that scored best for it on validation, tune.csv).")
     args = parser.parse_args()
     if args.threads:
         import torch
@@ -90,11 +113,21 @@ def main() -> None:
             reranker = load_reranker(config.reranker.model, dtype=config.reranker.dtype, device=config.reranker.device)
         section = RerankerSection(model=config.reranker.model, profile=profile, batch_tokens=config.reranker.batch_tokens)
         stages[f"hybrid+{profile}"] = (hybrid, RerankStage.from_reranker(reranker, section))
+    whole = None if args.no_whole or reranker is None else whole_model_section(config.reranker)
+    if whole is not None:
+        stages["hybrid+whole"] = (hybrid, RerankStage.from_reranker(reranker, whole))
 
     figures: dict[str, object] = {"benchmark": "pipeline", "pipeline": args.pipeline, "model": config.reranker.model,
                                   "queries": len(ids), "split": "test", "threads": os.cpu_count()}
     conditions: dict[str, dict[str, object]] = {}
+    ran: dict[tuple, str] = {}  # settings -> the condition that ran them (profiles may coincide, e.g. balanced = full)
     for name, (first, rerank) in stages.items():
+        settings = (id(first),) + ((rerank.config, rerank.rerank_depth, rerank.weight, rerank.norm) if rerank else ())
+        if settings in ran:
+            conditions[name] = {**conditions[ran[settings]], "same_as": ran[settings]}
+            print(f"{name}: the settings of {ran[settings]}", file=sys.stderr, flush=True)
+            continue
+        ran[settings] = name
         path = work / f"{name}.run"
         meta = read_meta(path) if path.is_file() else None
         if meta is None:
@@ -123,6 +156,12 @@ def main() -> None:
             "within_1pct": balanced["nDCG@10"] >= 0.99 * full["nDCG@10"],
             "rerank_cost_ratio": round(full["rerank_ms_per_query"] / balanced["rerank_ms_per_query"], 2),
             "cost_2x_lower": full["rerank_ms_per_query"] >= 2 * balanced["rerank_ms_per_query"]}
+    for profile in ("full", "balanced", "light"):
+        if {"hybrid+whole", f"hybrid+{profile}"} <= set(conditions):  # a profile against the whole model
+            whole, chosen = conditions["hybrid+whole"], conditions[f"hybrid+{profile}"]
+            figures[f"{profile}_vs_whole"] = {
+                "ndcg_ratio": round(chosen["nDCG@10"] / whole["nDCG@10"], 4),
+                "rerank_cost_ratio": round(whole["rerank_ms_per_query"] / chosen["rerank_ms_per_query"], 2)}
     figures["total_minutes"] = round((time.perf_counter() - start) / 60, 2)
     figures["load_average_15m"] = round(os.getloadavg()[2], 2)
     print(json.dumps(figures))
