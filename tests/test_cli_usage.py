@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
+from helpers import cli as run_cli
 
-from nestrank.cli import main
 from nestrank.errors import ConfigError
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -32,18 +32,7 @@ def cli(capsys, monkeypatch):
     """Run ``nestrank ARGS`` in-process; returns (exit code, stdout, stderr)."""
     monkeypatch.setenv("COLUMNS", "200")  # rich wraps the usage panel at the terminal width
 
-    def run(*args: object) -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "argv", ["nestrank", *map(str, args)])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = int(exc.code or 0)
-        out, err = capsys.readouterr()
-        return code, out, err
-
-    return run
+    return lambda *args: run_cli(capsys, monkeypatch, *args)
 
 
 @pytest.fixture

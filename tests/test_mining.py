@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import cli
 
 from nestrank.data import Corpus, Document, Qrels, Run
 from nestrank.data.groups import read_groups
@@ -96,38 +97,22 @@ def test_bad_inputs(tmp_path):
     assert not (tmp_path / "g.jsonl").exists()
 
 
-def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    import sys
-
-    from nestrank.cli import main
-
-    monkeypatch.setattr(sys, "argv", ["nestrank", *map(str, args)])
-    capsys.readouterr()
-    try:
-        main()
-        code = 0
-    except SystemExit as exc:
-        code = int(exc.code or 0)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_mine_command(tiny_beir, tmp_path, monkeypatch, capsys):
     run_a, run_b = tmp_path / "a.run", tmp_path / "b.run"
     Run({"q3": [("d5", 9.0), ("d1", 8.0), ("d2", 7.0), ("d3", 6.0)]}).write_trec(run_a)
     Run({"q3": [("d4", 9.0), ("d5", 8.0), ("d3", 7.0)]}).write_trec(run_b)
     out = tmp_path / "groups.jsonl"
-    code, stdout, err = _cli(monkeypatch, capsys, "mine", "--dataset", tiny_beir, "--split", "train", "--run", run_a,
+    code, stdout, err = cli(capsys, monkeypatch, "mine", "--dataset", tiny_beir, "--split", "train", "--run", run_a,
                              "--run", run_b, "--weights", "1,1", "--rank-window", "0:10", "--negatives", "2", "--out", out)
     assert code == 0, err
     assert json.loads(stdout.strip().splitlines()[-1])["groups"] == 1
     (group,) = read_groups(out)
     assert group.query_id == "q3" and [d.id for d in group.positives] == ["d5"]
     assert len(group.negatives) == 2 and "d5" not in {d.id for d in group.negatives}
-    code, _, err = _cli(monkeypatch, capsys, "mine", "--dataset", tiny_beir, "--split", "train", "--run", run_a,
+    code, _, err = cli(capsys, monkeypatch, "mine", "--dataset", tiny_beir, "--split", "train", "--run", run_a,
                         "--weights", "1,1", "--out", out)
     assert code == 2 and "--weights has 2 values for 1 --run" in err
-    code, _, err = _cli(monkeypatch, capsys, "mine", "--dataset", tiny_beir, "--run", run_a, "--rank-window", "9",
+    code, _, err = cli(capsys, monkeypatch, "mine", "--dataset", tiny_beir, "--run", run_a, "--rank-window", "9",
                         "--out", out)
     assert code == 2 and "bad rank window" in err
 
@@ -136,21 +121,21 @@ def test_mine_command_deprecated_depth_and_unknown_query(tiny_beir, tmp_path, mo
     run = tmp_path / "a.run"
     Run({"q3": [("d5", 9.0), ("d1", 8.0), ("d2", 7.0), ("d3", 6.0)]}).write_trec(run)
     common = ["mine", "--dataset", tiny_beir, "--split", "train", "--run", run, "--negatives", "2"]
-    code, stdout, err = _cli(monkeypatch, capsys, *common, "--rank-window", "1:3", "--out", tmp_path / "new.jsonl")
+    code, stdout, err = cli(capsys, monkeypatch, *common, "--rank-window", "1:3", "--out", tmp_path / "new.jsonl")
     assert code == 0, err
     assert "deprecated" not in err
-    code, old_stdout, err = _cli(monkeypatch, capsys, *common, "--depth", "1:3", "--out", tmp_path / "old.jsonl")
+    code, old_stdout, err = cli(capsys, monkeypatch, *common, "--depth", "1:3", "--out", tmp_path / "old.jsonl")
     assert code == 0, err
     assert "warning: --depth is deprecated and will be removed; use --rank-window" in err.splitlines()
     assert (tmp_path / "old.jsonl").read_text() == (tmp_path / "new.jsonl").read_text()
     assert [d.id for d in next(read_groups(tmp_path / "new.jsonl")).negatives] == ["d1", "d2"]  # ranks 2..3
-    code, _, err = _cli(monkeypatch, capsys, *common, "--depth", "1:3", "--rank-window", "0:3", "--out", tmp_path / "x")
+    code, _, err = cli(capsys, monkeypatch, *common, "--depth", "1:3", "--rank-window", "0:3", "--out", tmp_path / "x")
     assert code == 2 and "give --rank-window only" in err
-    code, help_text, _ = _cli(monkeypatch, capsys, "mine", "--help")
+    code, help_text, _ = cli(capsys, monkeypatch, "mine", "--help")
     assert "--rank-window" in help_text and "--depth" not in help_text
     # A queries file without a judged query: a one-line nestrank error (it was a KeyError the CLI caught).
     (tmp_path / "queries.jsonl").write_text('{"_id": "q1", "text": "why do cats purr"}\n')
-    code, _, err = _cli(monkeypatch, capsys, *common, "--queries", tmp_path / "queries.jsonl", "--out", tmp_path / "y")
+    code, _, err = cli(capsys, monkeypatch, *common, "--queries", tmp_path / "queries.jsonl", "--out", tmp_path / "y")
     assert code == 2 and err.startswith("error: unknown query id 'q3'")
 
 
