@@ -28,9 +28,10 @@ def test_the_preset_loads_with_its_profiles(one_torch_thread) -> None:
 
     reranker = MatryoshkaReranker.from_pretrained("smollm2-135m-scifact", dtype="float32", device="cpu")
     assert {"full", "balanced", "light"} <= set(reranker.profiles)
-    scores = reranker.score(["what causes scurvy"] * 2, ["Scurvy is caused by a lack of vitamin C.",
-                                                         "The Eiffel Tower is in Paris."], config="light")
-    assert scores[0] > scores[1]
+    docs = ["Scurvy is caused by a lack of vitamin C.", "The Eiffel Tower is in Paris."]
+    for config in ("full", ""):  # the best profile and the whole model (light, exit 10, leans on the first stage)
+        scores = reranker.score(["what causes scurvy"] * 2, docs, config=config)
+        assert scores[0] > scores[1], (config, scores)
 
 
 @pytest.mark.slow
