@@ -32,7 +32,7 @@ import sys
 import time
 from pathlib import Path
 
-from nestrank.data import Dataset, Run
+from nestrank.data import Dataset, Qrels, Run
 from nestrank.evaluate import evaluate
 from nestrank.pipeline import FirstStage, Pipeline, RerankerSection, RerankStage, load_pipeline_config
 from nestrank.pipeline.pipeline import read_meta
@@ -98,6 +98,7 @@ def main() -> None:
     if args.queries:
         ids = sorted(random.Random(args.seed).sample(ids, args.queries))
     queries = queries.subset(set(ids))
+    qrels = Qrels({qid: qrels[qid] for qid in ids})  # judged on the sampled queries only (as `evaluate --sample`)
     work = Path(args.work) / (f"q{len(ids)}-seed{args.seed}" if args.queries else "all")
     work.mkdir(parents=True, exist_ok=True)
     profiles = [p for p in args.profiles.split(",") if p]
