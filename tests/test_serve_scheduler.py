@@ -41,13 +41,20 @@ def scheduler(runner, **kwargs):
     return Scheduler("test", runner, **options)
 
 
-def test_results_come_back_in_input_order_and_batches_respect_the_budget():
+def busy_scheduler(first=None, **kwargs):
+    """A scheduler whose worker is held inside a first batch (``first``, default one item) until ``gate`` is set,
+    so that the next jobs queue up together; returns ``(gate, runner, sched)``."""
     gate = threading.Event()
     runner = Recorder(gate)
-    sched = scheduler(runner, max_batch_tokens=40)
+    sched = scheduler(runner, **kwargs)
+    sched.submit(first if first is not None else job([0.0]))
+    assert runner.running.wait(5)
+    return gate, runner, sched
+
+
+def test_results_come_back_in_input_order_and_batches_respect_the_budget():
     first = job([0.0])
-    sched.submit(first)
-    assert runner.running.wait(5)  # the worker is busy: the next jobs queue up together
+    gate, runner, sched = busy_scheduler(first, max_batch_tokens=40)  # the next jobs queue up together
     jobs = [job([1.0, 2.0, 3.0], lengths=[5, 20, 10]), job([4.0, 5.0], lengths=[10, 10])]
     for j in jobs:
         sched.submit(j)
@@ -65,11 +72,7 @@ def test_results_come_back_in_input_order_and_batches_respect_the_budget():
 
 
 def test_items_of_different_keys_never_share_a_batch():
-    gate = threading.Event()
-    runner = Recorder(gate)
-    sched = scheduler(runner)
-    sched.submit(job([0.0], key="a"))
-    assert runner.running.wait(5)
+    gate, runner, sched = busy_scheduler(job([0.0], key="a"))
     a, b = job([1.0, 2.0], key="a"), job([3.0, 4.0], key="b")
     sched.submit(a)
     sched.submit(b)
@@ -81,12 +84,8 @@ def test_items_of_different_keys_never_share_a_batch():
 
 
 def test_a_cancelled_jobs_items_are_never_computed():
-    gate = threading.Event()
-    runner = Recorder(gate)
     dropped = []
-    sched = scheduler(runner, on_drop=lambda reason, n: dropped.append((reason, n)))
-    sched.submit(job([0.0]))
-    assert runner.running.wait(5)
+    gate, runner, sched = busy_scheduler(on_drop=lambda reason, n: dropped.append((reason, n)))
     gone, kept = job([7.0, 8.0]), job([9.0])
     sched.submit(gone)
     sched.submit(kept)
@@ -104,11 +103,7 @@ def test_a_cancelled_jobs_items_are_never_computed():
 
 
 def test_items_past_their_deadline_are_dropped_before_batching():
-    gate = threading.Event()
-    runner = Recorder(gate)
-    sched = scheduler(runner)
-    sched.submit(job([0.0]))
-    assert runner.running.wait(5)
+    gate, runner, sched = busy_scheduler()
     late = job([5.0], deadline_s=0.05)
     sched.submit(late)
     time.sleep(0.1)
@@ -120,11 +115,7 @@ def test_items_past_their_deadline_are_dropped_before_batching():
 
 
 def test_admission_counts_tokens_and_refuses_past_the_bound():
-    gate = threading.Event()
-    runner = Recorder(gate)
-    sched = scheduler(runner, max_queued_tokens=100)
-    sched.submit(job([0.0]))
-    assert runner.running.wait(5)
+    gate, runner, sched = busy_scheduler(max_queued_tokens=100)
     sched.submit(job([1.0] * 9))  # 90 tokens queued
     with pytest.raises(Overloaded) as caught:
         sched.submit(job([2.0, 2.0]))  # 20 more would pass 100
@@ -173,11 +164,7 @@ def test_a_failing_batch_fails_its_requests_and_the_worker_survives():
 
 
 def test_run_drops_the_job_when_the_client_disconnects():
-    gate = threading.Event()
-    runner = Recorder(gate)
-    sched = scheduler(runner)
-    sched.submit(job([0.0]))
-    assert runner.running.wait(5)
+    gate, runner, sched = busy_scheduler()
 
     async def main():
         calls = 0
@@ -197,11 +184,7 @@ def test_run_drops_the_job_when_the_client_disconnects():
 
 
 def test_a_cancelled_handler_drops_its_queued_items():
-    gate = threading.Event()
-    runner = Recorder(gate)
-    sched = scheduler(runner)
-    sched.submit(job([0.0]))
-    assert runner.running.wait(5)
+    gate, runner, sched = busy_scheduler()
 
     async def main():
         task = asyncio.create_task(sched.run(job([6.0, 7.0])))
