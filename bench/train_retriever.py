@@ -3,6 +3,8 @@
     .venv/bin/python bench/train_retriever.py --dataset ../shared/data/scifact
     .venv/bin/python bench/train_retriever.py --dataset ../shared/data/scifact --smoke   # minutes: checks the pipeline
     .venv/bin/python bench/train_retriever.py --set train.learning_rate=1e-4 --out out/sf-lr1e-4  # one sweep point
+    .venv/bin/python bench/train_retriever.py --recipe recipes/scifact-minilm-retriever.toml --out out/trials/minilm \
+        --validation-only --checkpoint best --set train.eval_every=45 --results docs/results-training-trials.jsonl
 
 Stages (each writes under ``--out``; a re-run reuses the finished BM25 runs, groups, checkpoint and
 embeddings there, so give every hyperparameter setting its own ``--out``):
@@ -18,6 +20,9 @@ embeddings there, so give every hyperparameter setting its own ``--out``):
 6. ``reload``: the checkpoint is loaded again and re-encodes 64 documents; the largest difference
    to the stored embeddings is ``trained.reload_max_abs_diff`` (stored as float16; 1.2e-4 measured).
 
+``--passage-tokens N`` encodes the corpus at N tokens with both encoders (e.g. all-MiniLM-L6-v2, trained
+at 128, reads 256 at inference); ``--results FILE`` appends the figures as one trial record.
+
 ``--smoke`` trains ``--max-steps`` steps (default 2) and encodes a small corpus slice (the top-10
 BM25 documents and the positives of 5 test and 5 validation queries): its quality figures mean
 nothing, but its measured seconds per training step and documents per second give the projected
@@ -30,6 +35,8 @@ import argparse
 import json
 import math
 import os
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -74,9 +81,10 @@ def dense_run(encoder, corpus: Corpus, emb_dir: Path, queries: Queries, name: st
     return run, (len(corpus) / elapsed if fresh else math.nan)
 
 
-def reload_check(ckpt: Path, corpus: Corpus, emb_dir: Path, docs: int = RELOAD_DOCS) -> float:
-    """Reload the checkpoint afresh and re-encode the first ``docs`` documents: max abs difference to the stored embeddings."""
-    encoder = DenseEncoder.from_pretrained(ckpt)
+def reload_check(ckpt: Path, corpus: Corpus, emb_dir: Path, passage_tokens: int, docs: int = RELOAD_DOCS) -> float:
+    """Reload the checkpoint afresh and re-encode the first ``docs`` documents (at ``passage_tokens``): max abs
+    difference to the stored embeddings."""
+    encoder = DenseEncoder.from_pretrained(ckpt, passage_max_length=passage_tokens)
     encoder.show_progress = False
     doc_ids, doc_vectors = Embeddings(emb_dir).load_all()
     row = {doc_id: i for i, doc_id in enumerate(doc_ids)}
@@ -112,6 +120,12 @@ def main() -> None:
                              "--run hybrid.run`); copied to <out>/train-groups.jsonl on the first run.")
     parser.add_argument("--checkpoint", default="final", choices=("final", "best"),
                         help="Evaluate final/ or best/ (validation-selected: train.eval_every).")
+    parser.add_argument("--passage-tokens", type=int, default=None, metavar="N",
+                        help="Encode the corpus at N tokens with both encoders (default: the recipe's "
+                             "data.passage_max_length, the training length).")
+    parser.add_argument("--results", default=None, metavar="JSONL",
+                        help="Also append the figures as one trial record (name = the --out directory's name, date, "
+                             "command) to this file, e.g. docs/results-training-trials.jsonl.")
     args = parser.parse_args()
 
     overrides: dict[str, object] = parse_overrides(args.set)
@@ -184,16 +198,19 @@ def main() -> None:
                  for name, (qs, _) in eval_sets.items()}
         corpus = smoke_corpus(ds, small, {name: qr for name, (_, qr) in eval_sets.items()})
         figures["smoke_corpus_docs"] = len(corpus)
-    lengths = {"query_max_length": config.data.query_max_length, "passage_max_length": config.data.passage_max_length}
+    passage_tokens = args.passage_tokens or config.data.passage_max_length
+    figures["encode_passage_tokens"] = passage_tokens
+    lengths = {"query_max_length": config.data.query_max_length, "passage_max_length": passage_tokens}
     encoders = {"zeroshot": lambda: DenseEncoder.from_pretrained(config.model.backbone, config.model.preset, **lengths),
-                "trained": lambda: DenseEncoder.from_pretrained(ckpt)}  # its nestrank.json holds the same settings
+                "trained": lambda: DenseEncoder.from_pretrained(ckpt, passage_max_length=passage_tokens)}
     if args.validation_only:
         del encoders["zeroshot"], eval_sets["test"]
     for name, make in encoders.items():
         encoder = make()
         encoder.show_progress = False
         all_queries = Queries({qid: text for queries, _ in eval_sets.values() for qid, text in queries.items()})
-        tag = "-best" if name == "trained" and args.checkpoint == "best" else ""  # embeddings per checkpoint
+        tag = "-best" if name == "trained" and args.checkpoint == "best" else ""  # embeddings per checkpoint...
+        tag += f"-{passage_tokens}" if args.passage_tokens else ""  # ...and per encoding length
         run, docs_per_s = dense_run(encoder, corpus, out / f"{name}{tag}.emb", all_queries, name)
         for split, (queries, qrels) in eval_sets.items():
             scores = evaluate(Run({q: run[q] for q in queries}), qrels, "ndcg@10,recall@100")
@@ -204,14 +221,19 @@ def main() -> None:
             figures[f"{name}.projected_corpus_encode_minutes"] = round(len(ds.corpus) / docs_per_s / 60, 1)
         del encoder
     if "trained" in encoders:
-        tag = "-best" if args.checkpoint == "best" else ""
-        figures["trained.reload_max_abs_diff"] = reload_check(ckpt, corpus, out / f"trained{tag}.emb")
+        tag = ("-best" if args.checkpoint == "best" else "") + (f"-{passage_tokens}" if args.passage_tokens else "")
+        figures["trained.reload_max_abs_diff"] = reload_check(ckpt, corpus, out / f"trained{tag}.emb", passage_tokens)
     if "projected_train_minutes" in figures and "trained.projected_corpus_encode_minutes" in figures:
         encode = sum(figures.get(f"{name}.projected_corpus_encode_minutes", 0.0) for name in encoders)
         figures["projected_full_bench_minutes"] = round(
             figures["projected_train_minutes"] + encode + figures["bm25_seconds"] / 60, 1)
     figures["total_minutes"] = round((time.perf_counter() - start) / 60, 2)
     figures["load_average_15m"] = round(os.getloadavg()[2], 2)  # other processes on the machine slow every figure
+    if args.results:
+        record = {"name": out.name, "date": time.strftime("%Y-%m-%d %H:%M"), "kind": "retriever",
+                  "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]), **figures}
+        with open(args.results, "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record) + "\n")
     print(json.dumps(figures))
 
 
