@@ -205,13 +205,17 @@ def main() -> None:
                 "trained": lambda: DenseEncoder.from_pretrained(ckpt, passage_max_length=passage_tokens)}
     if args.validation_only:
         del encoders["zeroshot"], eval_sets["test"]
+
+    def emb_dir(name: str) -> Path:
+        """Embeddings per encoder, checkpoint and encoding length."""
+        best = "-best" if name == "trained" and args.checkpoint == "best" else ""
+        return out / f"{name}{best}{f'-{passage_tokens}' if args.passage_tokens else ''}.emb"
+
     for name, make in encoders.items():
         encoder = make()
         encoder.show_progress = False
         all_queries = Queries({qid: text for queries, _ in eval_sets.values() for qid, text in queries.items()})
-        tag = "-best" if name == "trained" and args.checkpoint == "best" else ""  # embeddings per checkpoint...
-        tag += f"-{passage_tokens}" if args.passage_tokens else ""  # ...and per encoding length
-        run, docs_per_s = dense_run(encoder, corpus, out / f"{name}{tag}.emb", all_queries, name)
+        run, docs_per_s = dense_run(encoder, corpus, emb_dir(name), all_queries, name)
         for split, (queries, qrels) in eval_sets.items():
             scores = evaluate(Run({q: run[q] for q in queries}), qrels, "ndcg@10,recall@100")
             prefix = name if split == "test" else f"validation.{name}"
@@ -221,8 +225,7 @@ def main() -> None:
             figures[f"{name}.projected_corpus_encode_minutes"] = round(len(ds.corpus) / docs_per_s / 60, 1)
         del encoder
     if "trained" in encoders:
-        tag = ("-best" if args.checkpoint == "best" else "") + (f"-{passage_tokens}" if args.passage_tokens else "")
-        figures["trained.reload_max_abs_diff"] = reload_check(ckpt, corpus, out / f"trained{tag}.emb", passage_tokens)
+        figures["trained.reload_max_abs_diff"] = reload_check(ckpt, corpus, emb_dir("trained"), passage_tokens)
     if "projected_train_minutes" in figures and "trained.projected_corpus_encode_minutes" in figures:
         encode = sum(figures.get(f"{name}.projected_corpus_encode_minutes", 0.0) for name in encoders)
         figures["projected_full_bench_minutes"] = round(
