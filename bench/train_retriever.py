@@ -43,7 +43,9 @@ from pathlib import Path
 import numpy as np
 
 from nestrank.data import Corpus, Dataset, Qrels, Queries, Run
+from nestrank.errors import ConfigError
 from nestrank.evaluate import evaluate
+from nestrank.files import check_output
 from nestrank.integrity import ids_fingerprint
 from nestrank.models.dense import DenseEncoder
 from nestrank.pipeline import FirstStage, FirstStageSection, cached_runs
@@ -127,6 +129,13 @@ def main() -> None:
                         help="Also append the figures as one trial record (name = the --out directory's name, date, "
                              "command) to this file, e.g. docs/results-training-trials.jsonl.")
     args = parser.parse_args()
+    if args.passage_tokens is not None and args.passage_tokens < 1:
+        parser.error(f"--passage-tokens must be a positive number of tokens, got {args.passage_tokens}")
+    if args.results:
+        try:
+            check_output(args.results, option="--results")
+        except ConfigError as err:
+            parser.error(str(err))
 
     overrides: dict[str, object] = parse_overrides(args.set)
     base = load_config(args.recipe, overrides)
@@ -198,7 +207,7 @@ def main() -> None:
                  for name, (qs, _) in eval_sets.items()}
         corpus = smoke_corpus(ds, small, {name: qr for name, (_, qr) in eval_sets.items()})
         figures["smoke_corpus_docs"] = len(corpus)
-    passage_tokens = args.passage_tokens or config.data.passage_max_length
+    passage_tokens = args.passage_tokens if args.passage_tokens is not None else config.data.passage_max_length
     figures["encode_passage_tokens"] = passage_tokens
     lengths = {"query_max_length": config.data.query_max_length, "passage_max_length": passage_tokens}
     encoders = {"zeroshot": lambda: DenseEncoder.from_pretrained(config.model.backbone, config.model.preset, **lengths),
@@ -232,12 +241,13 @@ def main() -> None:
             figures["projected_train_minutes"] + encode + figures["bm25_seconds"] / 60, 1)
     figures["total_minutes"] = round((time.perf_counter() - start) / 60, 2)
     figures["load_average_15m"] = round(os.getloadavg()[2], 2)  # other processes on the machine slow every figure
+    print(json.dumps(figures), flush=True)  # before the record: a failed append cannot lose the figures
     if args.results:
         record = {"name": out.name, "date": time.strftime("%Y-%m-%d %H:%M"), "kind": "retriever",
                   "command": shlex.join([sys.executable.rsplit("/", 1)[-1], *sys.argv]), **figures}
+        Path(args.results).parent.mkdir(parents=True, exist_ok=True)
         with open(args.results, "a", encoding="utf-8") as handle:
             handle.write(json.dumps(record) + "\n")
-    print(json.dumps(figures))
 
 
 if __name__ == "__main__":
