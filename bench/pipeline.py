@@ -18,7 +18,9 @@ condition's run and costs are kept under ``--work``; a re-run reuses finished co
 The targets (issue 17): the best pipeline >= 0.75 nDCG@10 (BM25 + MiniLM RRF, the best peer
 measured here, is 0.718); ``balanced`` within 1% of ``full`` on test at >= 2x lower measured
 reranking cost; each profile's validation figure (from ``profiles.json``) against its test
-figure (``moved``). The last line printed is one JSON object with every figure.
+figure (``moved``); and (issue 21) the share of ``full``'s gain over the hybrid that
+``balanced`` and ``light`` keep (``gain_kept_vs_full``, target 95% for light) at what share of its
+reranking time. The last line printed is one JSON object with every figure.
 
 Each reranked condition also reports its reranker alone (``hybrid+<profile>:alone``, weight 1, the
 same configuration and candidates): its scores are read back from the condition's score journal
@@ -178,6 +180,17 @@ def main() -> None:
             "within_1pct": balanced["nDCG@10"] >= 0.99 * full["nDCG@10"],
             "rerank_cost_ratio": round(full["rerank_ms_per_query"] / balanced["rerank_ms_per_query"], 2),
             "cost_2x_lower": full["rerank_ms_per_query"] >= 2 * balanced["rerank_ms_per_query"]}
+    if "hybrid+full" in conditions:  # issue 21: the light configuration keeps >= 95% of full's gain over the hybrid
+        base, full = conditions["hybrid"]["nDCG@10"], conditions["hybrid+full"]
+        gain = full["nDCG@10"] - base
+        kept = {}
+        for profile in ("balanced", "light"):
+            chosen = conditions.get(f"hybrid+{profile}")
+            if chosen is not None:
+                kept[profile] = {"gain": round(chosen["nDCG@10"] - base, 4),
+                                 "share": round((chosen["nDCG@10"] - base) / gain, 4) if gain > 0 else None,
+                                 "rerank_cost_vs_full": round(chosen["rerank_ms_per_query"] / full["rerank_ms_per_query"], 3)}
+        figures["gain_kept_vs_full"] = kept
     for profile in ("full", "balanced", "light"):
         if {"hybrid+whole", f"hybrid+{profile}"} <= set(conditions):  # a profile against the whole model
             whole, chosen = conditions["hybrid+whole"], conditions[f"hybrid+{profile}"]

@@ -15,7 +15,14 @@ from nestrank.cli import commands as _commands  # noqa: F401  (registers the com
 from nestrank.data import Dataset, Run
 from nestrank.errors import ConfigError
 from nestrank.models import MatryoshkaReranker, read_profiles
-from nestrank.pipeline.frontier import TunePoint, choose_profiles, pareto_frontier, plot_lines, write_rows_csv
+from nestrank.pipeline.frontier import (
+    TunePoint,
+    choose_profiles,
+    gain_kept,
+    pareto_frontier,
+    plot_lines,
+    write_rows_csv,
+)
 from nestrank.pipeline.tune import TuneGrid, default_grid, plan_passes, tune
 from nestrank.rerank import rerank_run, rerank_run_exits
 from nestrank.retrieve import BM25Index
@@ -34,11 +41,29 @@ def test_choices_on_a_synthetic_grid_are_the_known_answer():
     # quality rises with cost; full = 0.800 at cost 10; 1% below is 0.792, 3% below 0.776
     points = [point(10, 0.800), point(8, 0.795), point(6, 0.791), point(4, 0.780), point(3, 0.775), point(1, 0.5),
               point(7, 0.700)]
-    chosen = choose_profiles(points)
+    chosen = choose_profiles(points, basis="quality")
     assert (chosen["full"].cost, chosen["balanced"].cost, chosen["light"].cost) == (8 + 2, 8, 4)
-    assert choose_profiles(points, {"balanced": 0.0})["balanced"].cost == 10
+    assert choose_profiles(points, {"balanced": 0.0}, basis="quality")["balanced"].cost == 10
     with pytest.raises(ConfigError, match="tolerance"):
-        choose_profiles(points, {"light": 1.5})
+        choose_profiles(points, {"light": 1.5}, basis="quality")
+    with pytest.raises(ConfigError, match="basis"):
+        choose_profiles(points, basis="ndcg")
+
+
+def test_gain_tolerances_are_shares_of_the_gain_over_the_first_stage():
+    # first stage 0.700, full 0.800: a gain of 0.100. Keeping 85% needs 0.785, keeping 65% needs 0.765.
+    points = [point(10, 0.800), point(8, 0.795), point(6, 0.784), point(4, 0.780), point(3, 0.765), point(1, 0.71)]
+    chosen = choose_profiles(points, baseline=0.700)
+    assert (chosen["full"].cost, chosen["balanced"].cost, chosen["light"].cost) == (10, 8, 3)
+    # the quality basis reads the same tolerances as shares of 0.800: far looser here
+    assert choose_profiles(points, {"light": 0.35}, basis="quality")["light"].cost == 1
+    with pytest.raises(ConfigError, match="baseline"):
+        choose_profiles(points)
+    # a reranker that gains nothing: no point may give up quality, so every profile is the best point
+    worse = choose_profiles([point(10, 0.60), point(5, 0.59)], baseline=0.700)
+    assert worse["light"].cost == worse["balanced"].cost == 10
+    assert gain_kept(point(3, 0.765), chosen["full"], 0.700) == pytest.approx(0.65)
+    assert gain_kept(point(3, 0.765), point(10, 0.6), 0.700) is None
 
 
 def test_default_grid_scales_with_the_depth():
@@ -112,6 +137,9 @@ def test_tune_writes_profiles_csv_and_plot_and_resumes_from_its_cache(tmp_path, 
     assert (tmp_path / "out" / "tune.png").stat().st_size > 1000
     tuning = json.loads((tmp_path / "out" / "profiles.json").read_text())["tuning"]
     assert tuning["queries"] == 2 and tuning["metric"] == "nDCG@10"
+    assert tuning["tolerance_basis"] == "gain" and tuning["tolerances"] == {"balanced": 0.15, "light": 0.35}
+    assert set(tuning["gain_kept"]) == {"full", "balanced", "light"}
+    assert tuning["gain_kept"]["full"] in (None, 1.0)
 
     def no_scoring(*_, **__):
         raise AssertionError("a resumed tuning must reuse its cached scores")
@@ -135,6 +163,13 @@ def test_cli_tune_uses_the_model_validation_file_and_refuses_test(tmp_path, tiny
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(summary["profiles"]) == {"full", "balanced", "light"}
+    assert "gain_kept" in summary["profiles"]["light"]
+    by_quality = runner.invoke(app, [*common, "--out", str(out), "--tolerance-of", "quality", "--light", "0.05"])
+    assert by_quality.exit_code == 0, by_quality.output
+    tuning = json.loads((out / "profiles.json").read_text())["tuning"]
+    assert tuning["tolerance_basis"] == "quality" and tuning["tolerances"] == {"balanced": 0.01, "light": 0.05}
+    unknown = runner.invoke(app, [*common, "--out", str(out), "--tolerance-of", "ndcg"])
+    assert unknown.exit_code != 0 and "basis" in str(unknown.exception)
     assert "ids from" in result.output and "validation_queries.txt" in result.output
     refused = runner.invoke(app, [*common, "--out", str(out), "--split", "test"])
     assert refused.exit_code != 0 and "leak" in str(refused.exception)

@@ -52,9 +52,16 @@ def tune_command(
                                                       "10,20,30.")] = None,
     weights: Annotated[str | None, typer.Option("--weights", help="Interpolation weights to try (1 = the reranker "
                                                 "alone).")] = None,
-    balanced: Annotated[float, typer.Option("--balanced", min=0, max=1, help="balanced: lightest within this fraction of full's "
-                                            "quality.")] = 0.01,
-    light: Annotated[float, typer.Option("--light", min=0, max=1, help="light: lightest within this fraction.")] = 0.03,
+    balanced: Annotated[float | None, typer.Option("--balanced", min=0, max=1, help="balanced: the cheapest point "
+                                                   "giving up at most this share of full's gain over the first "
+                                                   "stage (default 0.15; 0.01 of its quality with --tolerance-of "
+                                                   "quality).", show_default=False)] = None,
+    light: Annotated[float | None, typer.Option("--light", min=0, max=1, help="light: the same, at most this share "
+                                                "(default 0.35; 0.03 with --tolerance-of quality).",
+                                                show_default=False)] = None,
+    tolerance_of: Annotated[str, typer.Option("--tolerance-of", help="What --balanced and --light are shares of: "
+                                              "'gain' (full's gain over the first stage) or 'quality' (full's "
+                                              "quality).")] = "gain",
     metric: Annotated[str, typer.Option("--metric", help="Validation metric.")] = "ndcg@10",
     timing_pairs: Annotated[int, typer.Option("--timing-pairs", min=0, help="Pairs timed per configuration (0: cost = "
                                               "FLOPs only).")] = 32,
@@ -66,9 +73,13 @@ def tune_command(
     from nestrank.errors import ConfigError
     from nestrank.evaluate.metrics import parse_metric
     from nestrank.files import check_output
+    from nestrank.pipeline.frontier import default_tolerances, gain_kept
     from nestrank.pipeline.tune import TuneGrid, default_grid, tune, validation_queries
     from nestrank.rerank import check_reranker_config
 
+    defaults = default_tolerances(tolerance_of)
+    tolerances = {"balanced": defaults["balanced"] if balanced is None else balanced,
+                  "light": defaults["light"] if light is None else light}
     if split == "test":
         raise ConfigError("--split test: tuning on test queries would leak them into every reported test figure "
                           "(fix: tune on held-out training queries, the default)")
@@ -105,10 +116,15 @@ def tune_command(
     candidates = FirstStage.open(section, ds.corpus).search(val_queries)
     result = tune(reranker, candidates, val_queries, qrels, ds.corpus, out_dir=out_dir,
                   work_dir=work or out_dir / ".tune-cache", model_id=str(model), grid=grid, metric=metric_name,
-                  tolerances={"balanced": balanced, "light": light}, timing_pairs=timing_pairs,
+                  tolerances=tolerances, basis=tolerance_of, timing_pairs=timing_pairs,
                   show_progress=progress, log=lambda line: typer.echo(line, err=True))
+    def kept(point) -> float | None:
+        share = gain_kept(point, result.chosen["full"], result.baseline)
+        return None if share is None else round(share, 4)
+
     chosen = {name: {"config": p.config or "full", "rerank_depth": p.rerank_depth, "weight": p.weight,
-                     metric_name: p.quality, "flops_ratio": p.flops_ratio, "ms_per_pair": p.ms_per_pair}
+                     metric_name: p.quality, "gain_kept": kept(p),
+                     "flops_ratio": p.flops_ratio, "ms_per_pair": p.ms_per_pair}
               for name, p in result.chosen.items()}
     typer.echo(json.dumps({"first_stage": round(result.baseline, 4), "profiles": chosen,
                            "files": {k: str(v) for k, v in result.files.items()}}))

@@ -29,7 +29,14 @@ from typing import Any
 from nestrank.data import Corpus, Qrels, Queries, Run
 from nestrank.errors import ConfigError
 from nestrank.integrity import CHECKSUMS_FILE, write_checksums
-from nestrank.pipeline.frontier import TunePoint, choose_profiles, plot_points, write_points_csv
+from nestrank.pipeline.frontier import (
+    TunePoint,
+    choose_profiles,
+    default_tolerances,
+    gain_kept,
+    plot_points,
+    write_points_csv,
+)
 from nestrank.pipeline.interpolate import WEIGHT_GRID, interpolate
 
 __all__ = ["TuneGrid", "TuneResult", "default_grid", "plan_passes", "rerank_configs", "tune", "validation_queries"]
@@ -140,8 +147,8 @@ class TuneResult:
 
 def tune(reranker: Any, candidates: Run, queries: Mapping[str, str], qrels: Qrels, corpus: Corpus, *,
          out_dir: str | Path, work_dir: str | Path, model_id: str, grid: TuneGrid | None = None,
-         metric: str = "nDCG@10", tolerances: Mapping[str, float] | None = None, timing_pairs: int = 32,
-         norm: str = "minmax", show_progress: bool = False, log: Any = None) -> TuneResult:
+         metric: str = "nDCG@10", tolerances: Mapping[str, float] | None = None, basis: str = "gain",
+         timing_pairs: int = 32, norm: str = "minmax", show_progress: bool = False, log: Any = None) -> TuneResult:
     """Choose and write the profiles of ``reranker`` from ``candidates`` of validation ``queries``.
 
     Args:
@@ -153,7 +160,8 @@ def tune(reranker: Any, candidates: Run, queries: Mapping[str, str], qrels: Qrel
         work_dir: score and timing cache (resumable).
         model_id: identifies the model in the cache fingerprint (its path or name).
         grid: what to try (default :func:`default_grid`).
-        tolerances: relative quality tolerances of the named profiles (default 1% / 3%).
+        tolerances: the share of full's gain over the first stage (``basis="gain"``, default 15% / 35%) or of
+            its quality (``basis="quality"``, default 1% / 3%) that ``balanced`` and ``light`` may give up.
         timing_pairs: pairs timed per configuration; 0 = no timing (cost = relative FLOPs).
         log: a ``print``-like callable for progress lines.
     """
@@ -184,13 +192,17 @@ def tune(reranker: Any, candidates: Run, queries: Mapping[str, str], qrels: Qrel
                 ms = timings.get(config)
                 points.append(TunePoint(config, rd, weight, round(quality, 5), round(ratio, 5), ms,
                                         round(rd * (ms if ms is not None else ratio), 5)))
-    chosen = choose_profiles(points, tolerances)
+    tolerances = dict(default_tolerances(basis) if tolerances is None else tolerances)
+    chosen = choose_profiles(points, tolerances, basis=basis, baseline=baseline)
+    kept = {name: gain_kept(p, chosen["full"], baseline) for name, p in chosen.items()}
     out_dir = Path(out_dir)
     profiles = {name: Profile(name, p.config, p.rerank_depth, p.weight, p.flops_ratio, p.ms_per_pair,
                               {metric: p.quality}) for name, p in chosen.items()}
     cost_label = "reranking ms per query (measured)" if timings else "relative FLOPs per query (rerank depth x ratio)"
     tuning = {"metric": metric, "queries": len(qids), "baseline": round(baseline, 5), "cost": cost_label,
-              "tolerances": dict(tolerances or {"balanced": 0.01, "light": 0.03}), "grid": grid.__dict__,
+              "tolerances": tolerances, "tolerance_basis": basis,
+              "gain_kept": {name: None if share is None else round(share, 4) for name, share in kept.items()},
+              "grid": grid.__dict__,
               "model": model_id, "timing_pairs": timing_pairs}
     files = {"profiles": write_profiles(out_dir, profiles, tuning),
              "csv": write_points_csv(points, chosen, out_dir / CSV_FILE),
