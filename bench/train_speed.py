@@ -74,6 +74,7 @@ def worker(args: argparse.Namespace) -> None:
         overrides.update(TINY if stage != "retriever" and stage != "pointwise" else {})
     if stage == "retriever":
         recipe = "scifact-smollm2-retriever.toml"
+        overrides["lora.enabled"] = True  # the step measured since issue 21 (the recipe now fine-tunes every weight)
     else:
         recipe = "scifact-smollm2-matryoshka.toml"
         overrides["reranker.stage"] = STAGES[stage]
