@@ -73,7 +73,7 @@ def tune_command(
     from nestrank.errors import ConfigError
     from nestrank.evaluate.metrics import parse_metric
     from nestrank.files import check_output
-    from nestrank.pipeline.frontier import default_tolerances, gain_kept
+    from nestrank.pipeline.frontier import default_tolerances
     from nestrank.pipeline.tune import TuneGrid, default_grid, tune, validation_queries
     from nestrank.rerank import check_reranker_config
 
@@ -118,12 +118,9 @@ def tune_command(
                   work_dir=work or out_dir / ".tune-cache", model_id=str(model), grid=grid, metric=metric_name,
                   tolerances=tolerances, basis=tolerance_of, timing_pairs=timing_pairs,
                   show_progress=progress, log=lambda line: typer.echo(line, err=True))
-    def kept(point) -> float | None:
-        share = gain_kept(point, result.chosen["full"], result.baseline)
-        return None if share is None else round(share, 4)
-
+    kept = result.gain_kept
     chosen = {name: {"config": p.config or "full", "rerank_depth": p.rerank_depth, "weight": p.weight,
-                     metric_name: p.quality, "gain_kept": kept(p),
+                     metric_name: p.quality, "gain_kept": kept[name],
                      "flops_ratio": p.flops_ratio, "ms_per_pair": p.ms_per_pair}
               for name, p in result.chosen.items()}
     typer.echo(json.dumps({"first_stage": round(result.baseline, 4), "profiles": chosen,

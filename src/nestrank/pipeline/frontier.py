@@ -10,9 +10,9 @@ points no other point beats on both; :func:`choose_profiles` names three of them
 
 Tolerances are shares of the gain over the first stage alone (``baseline``) by default: a point
 qualifies when ``quality >= baseline + (1 - tolerance) * (full.quality - baseline)``, a rule that
-means the same at nDCG 0.3 as at 0.8. With ``basis="quality"`` (or no baseline) they are shares
-of full's quality instead: ``quality >= (1 - tolerance) * full.quality``, where 1% of an nDCG of 0.84
-is already an eighth of a reranker gain of 0.07.
+means the same at nDCG 0.3 as at 0.8. With ``basis="quality"`` they are shares of full's
+quality instead (no baseline needed): ``quality >= (1 - tolerance) * full.quality``, where 1% of
+an nDCG of 0.84 is already an eighth of a reranker gain of 0.07.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from pathlib import Path
 from nestrank.errors import ConfigError
 
 __all__ = ["BASES", "QUALITY_TOLERANCES", "TOLERANCES", "TunePoint", "choose_profiles", "default_tolerances",
-           "gain_kept", "pareto_frontier", "plot_lines", "plot_points", "quality_floor", "write_points_csv",
-           "write_rows_csv"]
+           "gain_kept", "pareto_frontier", "plot_lines", "plot_points", "quality_floor", "shares_kept",
+           "write_points_csv", "write_rows_csv"]
 
 #: Default tolerances of the chosen profiles: the share of full's gain over the first stage each may give up.
 TOLERANCES: dict[str, float] = {"balanced": 0.15, "light": 0.35}
@@ -92,9 +92,8 @@ def choose_profiles(points: Sequence[TunePoint], tolerances: Mapping[str, float]
     """
     if not points:
         raise ConfigError("no tuning points to choose profiles from")
-    if basis not in BASES:
-        raise ConfigError(f"tolerance basis must be one of {', '.join(BASES)}, got {basis!r}")
-    tolerances = dict(default_tolerances(basis) if tolerances is None else tolerances)
+    defaults = default_tolerances(basis)  # checks the basis
+    tolerances = dict(defaults if tolerances is None else tolerances)
     for name, tolerance in tolerances.items():
         if not 0.0 <= tolerance < 1.0:
             raise ConfigError(f"tolerance of profile {name!r} must lie in [0, 1), got {tolerance}")
@@ -111,6 +110,12 @@ def gain_kept(point: TunePoint, best: TunePoint, baseline: float) -> float | Non
     """The share of ``best``'s gain over ``baseline`` that ``point`` keeps (``None`` when ``best`` gains nothing)."""
     gain = best.quality - baseline
     return None if gain <= 0 else (point.quality - baseline) / gain
+
+
+def shares_kept(chosen: Mapping[str, TunePoint], baseline: float) -> dict[str, float | None]:
+    """:func:`gain_kept` of every chosen profile against ``chosen["full"]``, to 4 decimals."""
+    shares = {name: gain_kept(point, chosen["full"], baseline) for name, point in chosen.items()}
+    return {name: None if share is None else round(share, 4) for name, share in shares.items()}
 
 
 def write_points_csv(points: Sequence[TunePoint], chosen: Mapping[str, TunePoint], path: str | Path) -> Path:

@@ -33,8 +33,8 @@ from nestrank.pipeline.frontier import (
     TunePoint,
     choose_profiles,
     default_tolerances,
-    gain_kept,
     plot_points,
+    shares_kept,
     write_points_csv,
 )
 from nestrank.pipeline.interpolate import WEIGHT_GRID, interpolate
@@ -144,6 +144,11 @@ class TuneResult:
     baseline: float
     metric: str
 
+    @property
+    def gain_kept(self) -> dict[str, float | None]:
+        """The share of ``full``'s gain over the first stage that each chosen profile keeps (4 decimals)."""
+        return shares_kept(self.chosen, self.baseline)
+
 
 def tune(reranker: Any, candidates: Run, queries: Mapping[str, str], qrels: Qrels, corpus: Corpus, *,
          out_dir: str | Path, work_dir: str | Path, model_id: str, grid: TuneGrid | None = None,
@@ -194,16 +199,13 @@ def tune(reranker: Any, candidates: Run, queries: Mapping[str, str], qrels: Qrel
                                         round(rd * (ms if ms is not None else ratio), 5)))
     tolerances = dict(default_tolerances(basis) if tolerances is None else tolerances)
     chosen = choose_profiles(points, tolerances, basis=basis, baseline=baseline)
-    kept = {name: gain_kept(p, chosen["full"], baseline) for name, p in chosen.items()}
     out_dir = Path(out_dir)
     profiles = {name: Profile(name, p.config, p.rerank_depth, p.weight, p.flops_ratio, p.ms_per_pair,
                               {metric: p.quality}) for name, p in chosen.items()}
     cost_label = "reranking ms per query (measured)" if timings else "relative FLOPs per query (rerank depth x ratio)"
     tuning = {"metric": metric, "queries": len(qids), "baseline": round(baseline, 5), "cost": cost_label,
               "tolerances": tolerances, "tolerance_basis": basis,
-              "gain_kept": {name: None if share is None else round(share, 4) for name, share in kept.items()},
-              "grid": grid.__dict__,
-              "model": model_id, "timing_pairs": timing_pairs}
+              "gain_kept": shares_kept(chosen, baseline), "grid": grid.__dict__, "model": model_id, "timing_pairs": timing_pairs}
     files = {"profiles": write_profiles(out_dir, profiles, tuning),
              "csv": write_points_csv(points, chosen, out_dir / CSV_FILE),
              "png": plot_points(points, chosen, out_dir / PNG_FILE, metric=metric, cost_label=cost_label,
