@@ -12,21 +12,16 @@ from serve_helpers import DOCS, QUERY, free_port, settings_for
 pytestmark = pytest.mark.ray
 
 
-def test_two_replicas_answer_like_the_library(model_paths, monkeypatch):  # noqa: F811
-    # Serve gives its HTTP proxy 3 x 5 s to start, then kills it; on 2 loaded cores its worker's imports
-    # take longer (measured: the test failed with "ActorDiedError: ProxyActor" while a corpus encode ran).
-    # The local Ray's processes inherit this environment.
-    monkeypatch.setenv("RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S", "30")
+def test_two_replicas_answer_like_the_library(model_paths):  # noqa: F811
     ray = pytest.importorskip("ray")
     serve = pytest.importorskip("ray.serve")
     from nestrank.models import MatryoshkaReranker
-    from nestrank.serve.ray_serve import deployment
+    from nestrank.serve.ray_serve import deployment, start_ray
 
     settings = settings_for(model_paths, warmup=False)
     port = free_port()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        start_ray("127.0.0.1", port, num_cpus=2, log_to_driver=False)
         serve.run(deployment(settings, replicas=2, num_cpus=0.5).bind(), name="nestrank", route_prefix="/")
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 120

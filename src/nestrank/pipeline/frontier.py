@@ -101,7 +101,7 @@ def choose_profiles(points: Sequence[TunePoint], tolerances: Mapping[str, float]
     best = max(frontier, key=lambda p: (p.quality, -p.cost))
     chosen = {"full": best}
     for name, tolerance in tolerances.items():
-        floor = quality_floor(best.quality, tolerance, basis, baseline) - 1e-12
+        floor = quality_floor(best.quality, tolerance, basis, baseline) - 1e-12  # a point exactly at it qualifies
         chosen[name] = min((p for p in frontier if p.quality >= floor), key=lambda p: (p.cost, -p.quality))
     return chosen
 
