@@ -113,6 +113,21 @@ def test_bad_training_setups_fail_clearly(setup, tmp_path):
         train_retriever(make_config(setup, tmp_path / "c", resume_from=str(tmp_path)), progress=False)
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is about CPU training")
+def test_bf16_training_on_a_cpu_without_native_bf16_warns(setup, tmp_path, monkeypatch):
+    """Full fine-tuning keeps fp32 weights (no bf16 load to warn at), so the trainer itself warns about autocast."""
+    from nestrank.models import SlowDtypeWarning, backbone
+
+    monkeypatch.setattr(backbone, "cpu_bf16_native", lambda: False)
+    backbone.warn_slow_cpu_bf16.cache_clear()
+    try:
+        config = make_config(setup, tmp_path / "bf16", model={"dtype": "bfloat16"}, lora={"enabled": False})
+        with pytest.warns(SlowDtypeWarning, match="model.dtype"):
+            RetrieverTrainer(config, progress=False)
+    finally:
+        backbone.warn_slow_cpu_bf16.cache_clear()
+
+
 def test_batches_are_deterministic_and_sliced_by_rank():
     groups = [TrainingGroup(f"q{i}", [Document(f"p{i}", "pos")], [Document(f"n{i}", "neg")], f"q{i}") for i in range(8)]
     batcher = GroupBatcher(groups, batch_size=4, group_size=3, seed=1)

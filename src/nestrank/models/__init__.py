@@ -3,7 +3,7 @@
 Importing this package is cheap; torch and transformers load on first use.
 """
 
-from nestrank.models.backbone import load_backbone, resolve_device, resolve_dtype
+from nestrank.models.backbone import SlowDtypeWarning, load_backbone, resolve_device, resolve_dtype
 from nestrank.models.dense import DenseEncoder, EncoderConfig
 from nestrank.models.matryoshka import (
     MatryoshkaConfig,
@@ -25,6 +25,7 @@ __all__ = [
     "Profile",
     "RankedDocument",
     "Reranker",
+    "SlowDtypeWarning",
     "load_backbone",
     "parse_config",
     "read_profiles",

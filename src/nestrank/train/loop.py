@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from nestrank.data.groups import TrainingGroup, read_groups
 from nestrank.errors import ConfigError
+from nestrank.models.backbone import warn_slow_cpu_bf16
 from nestrank.train.batches import ContrastiveBatch, holdout
 from nestrank.train.checkpoint import (
     RERANKER_RESUME_KEYS,
@@ -138,6 +139,8 @@ class Trainer:
 
         self.config = self.validate(config)
         bf16 = config.model.dtype == "bfloat16"
+        if bf16 and not torch.cuda.is_available():  # full fine-tuning keeps fp32 weights: only autocast is bf16
+            warn_slow_cpu_bf16()
         handlers = [DistributedDataParallelKwargs(**self.ddp_options)] if self.ddp_options else []
         # cpu=True on machines without CUDA, so torchrun on CPU becomes gloo DDP rather than one process
         self.accelerator = accelerator or Accelerator(mixed_precision="bf16" if bf16 else "no",
