@@ -14,16 +14,15 @@ transformers = pytest.importorskip("transformers")
 from helpers import word_tokenizer  # noqa: E402
 
 from nestrank.errors import ConfigError  # noqa: E402
-from nestrank.models import backbone  # noqa: E402
+from nestrank.models import cpu_dtype  # noqa: E402
 from nestrank.models.backbone import (  # noqa: E402
-    SlowDtypeWarning,
-    cpu_bf16_native,
     ensure_pad_token,
     load_backbone,
     resolve_device,
     resolve_dtype,
     resolve_source,
 )
+from nestrank.models.cpu_dtype import SlowDtypeWarning, cpu_bf16_native  # noqa: E402
 
 
 def make_repllama_adapter(base_dir: Path, adapter_dir: Path, *, seed: int = 1) -> Path:
@@ -193,8 +192,8 @@ def test_device_and_dtype_resolution():
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_on_a_cpu_without_native_bf16_warns_once(native, monkeypatch, recwarn):
     """bf16 on an AVX2-only CPU ran a SmolLM2 training step in 530 s against 31 s in fp32: say so, once."""
-    monkeypatch.setattr(backbone, "cpu_bf16_native", lambda: native)
-    backbone.warn_slow_cpu_bf16.cache_clear()
+    monkeypatch.setattr(cpu_dtype, "cpu_bf16_native", lambda: native)
+    cpu_dtype.warn_slow_cpu_bf16.cache_clear()
     try:
         for _ in range(2):
             assert resolve_dtype("bfloat16", "cpu") == torch.bfloat16
@@ -204,7 +203,7 @@ def test_bf16_on_a_cpu_without_native_bf16_warns_once(native, monkeypatch, recwa
         if slow:
             assert "model.dtype" in str(slow[0].message) and slow[0].filename == __file__  # points at the caller
     finally:
-        backbone.warn_slow_cpu_bf16.cache_clear()
+        cpu_dtype.warn_slow_cpu_bf16.cache_clear()
     assert isinstance(cpu_bf16_native(), bool)
 
 

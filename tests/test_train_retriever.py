@@ -116,16 +116,18 @@ def test_bad_training_setups_fail_clearly(setup, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the warning is about CPU training")
 def test_bf16_training_on_a_cpu_without_native_bf16_warns(setup, tmp_path, monkeypatch):
     """Full fine-tuning keeps fp32 weights (no bf16 load to warn at), so the trainer itself warns about autocast."""
-    from nestrank.models import SlowDtypeWarning, backbone
+    from accelerate import Accelerator
 
-    monkeypatch.setattr(backbone, "cpu_bf16_native", lambda: False)
-    backbone.warn_slow_cpu_bf16.cache_clear()
+    from nestrank.models import SlowDtypeWarning, cpu_dtype
+
+    monkeypatch.setattr(cpu_dtype, "cpu_bf16_native", lambda: False)
+    cpu_dtype.warn_slow_cpu_bf16.cache_clear()
     try:
         config = make_config(setup, tmp_path / "bf16", model={"dtype": "bfloat16"}, lora={"enabled": False})
-        with pytest.warns(SlowDtypeWarning, match="model.dtype"):
-            RetrieverTrainer(config, progress=False)
+        with pytest.warns(SlowDtypeWarning, match="model.dtype"):  # the process's accelerator: its state is fixed
+            RetrieverTrainer(config, accelerator=Accelerator(cpu=True), progress=False)
     finally:
-        backbone.warn_slow_cpu_bf16.cache_clear()
+        cpu_dtype.warn_slow_cpu_bf16.cache_clear()
 
 
 def test_batches_are_deterministic_and_sliced_by_rank():

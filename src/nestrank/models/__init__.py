@@ -3,7 +3,8 @@
 Importing this package is cheap; torch and transformers load on first use.
 """
 
-from nestrank.models.backbone import SlowDtypeWarning, load_backbone, resolve_device, resolve_dtype
+from nestrank.models.backbone import load_backbone, resolve_device, resolve_dtype
+from nestrank.models.cpu_dtype import SlowDtypeWarning
 from nestrank.models.dense import DenseEncoder, EncoderConfig
 from nestrank.models.matryoshka import (
     MatryoshkaConfig,

@@ -21,15 +21,14 @@ imported inside the functions, so importing this module is cheap.
 
 from __future__ import annotations
 
-import functools
 import json
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from nestrank.errors import ConfigError
 from nestrank.integrity import format_errors
+from nestrank.models.cpu_dtype import warn_slow_cpu_bf16
 from nestrank.models.presets import PRESETS, preset_path
 
 if TYPE_CHECKING:
@@ -189,37 +188,6 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: str | torch.device 
     if dtype == "bfloat16" and resolve_device(device).type == "cpu":
         warn_slow_cpu_bf16()
     return getattr(torch, dtype)
-
-
-class SlowDtypeWarning(UserWarning):
-    """bfloat16 was asked for on a CPU that has no native bf16 matrix multiply (it runs far slower than float32)."""
-
-
-def cpu_bf16_native() -> bool:
-    """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16/AMX, or AVX-512 that oneDNN uses for bf16).
-
-    On an AVX2-only CPU torch falls back to a reference kernel: measured here (AMD EPYC, AVX2, one
-    thread) 0.9 GFLOP/s for a 512 x 576 x 1536 bf16 product against 49.6 in float32.
-    """
-    import torch
-
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch without the oneDNN probe: judge by the vector ISA
-        return torch.backends.cpu.get_cpu_capability().startswith("AVX512")
-
-
-@functools.cache
-def warn_slow_cpu_bf16() -> None:
-    """Warn once per process when bf16 compute runs on a CPU without native bf16 (see :func:`cpu_bf16_native`)."""
-    import torch
-
-    if cpu_bf16_native():
-        return
-    isa = torch.backends.cpu.get_cpu_capability()
-    warnings.warn(f"bfloat16 on a CPU without native bf16 matrix multiply (torch sees {isa}): it runs 10-50x "
-                  "slower than float32 (fix: dtype 'float32' or 'auto'; in a training config "
-                  "model.dtype = \"float32\")", SlowDtypeWarning, stacklevel=3)
 
 
 def ensure_pad_token(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from nestrank.data.groups import TrainingGroup, read_groups
 from nestrank.errors import ConfigError
-from nestrank.models.backbone import warn_slow_cpu_bf16
+from nestrank.models.cpu_dtype import warn_slow_cpu_bf16
 from nestrank.train.batches import ContrastiveBatch, holdout
 from nestrank.train.checkpoint import (
     RERANKER_RESUME_KEYS,
