@@ -22,6 +22,7 @@ from nestrank.models.dense import DenseEncoder  # noqa: E402
 from nestrank.train.batches import GroupBatcher, holdout  # noqa: E402
 from nestrank.train.retriever import RetrieverTrainer, train_retriever  # noqa: E402
 from nestrank.train.schedule import linear_warmup_decay  # noqa: E402
+from nestrank.train.validation import group_mrr, pool_table, validation_batch  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +103,28 @@ def test_validation_holdout_is_excluded_and_written(setup, tmp_path):
     held = (tmp_path / "v" / "validation_queries.txt").read_text().split()
     assert len(held) == 4 and set(held) == holdout([f"q{i}" for i in range(16)], 0.25, 0)
     assert result.steps == 1
+
+
+def test_eval_pool_ranks_each_positive_among_every_held_out_passage(setup, tmp_path):
+    from nestrank.data.groups import read_groups
+
+    config = make_config(setup, tmp_path / "p", data={"validation_fraction": 0.25}, max_steps=2, eval_every=1,
+                         eval_pool=True, eval_group_size=3, lora={"dropout": 0.1})
+    result = train_retriever(config, progress=False)
+    records = [json.loads(line) for line in (tmp_path / "p" / "validation_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2]
+    assert all(set(r["validation"]) == {"mrr_mean", "mrr.pool"} for r in records)
+    # the kept checkpoint's own embeddings give its logged figure: 4 held-out queries x 12 held-out passages
+    held_ids = set((tmp_path / "p" / "validation_queries.txt").read_text().split())
+    batch = validation_batch(config, [g for g in read_groups(setup[1]) if g.query_id in held_ids])
+    encoder = DenseEncoder.from_pretrained(result.best, device="cpu", show_progress=False)
+    queries, passages = encoder.encode_queries(batch.queries), encoder.encode_passages(batch.passages)
+    table = pool_table(queries, passages, batch)
+    assert table.shape == (4, 12) and np.isfinite(table).all()
+    saved = json.loads((tmp_path / "p" / "best" / "validation.json").read_text())
+    assert saved["mrr.pool"] == pytest.approx(group_mrr(table)) == pytest.approx(result.best_validation)
+    own_group = (passages.reshape(4, 3, -1) @ queries[:, :, None])[:, :, 0]
+    assert group_mrr(table) <= group_mrr(own_group)  # more distractors never raise a positive
 
 
 def test_bad_training_setups_fail_clearly(setup, tmp_path):

@@ -17,15 +17,38 @@ from nestrank.data.groups import TrainingGroup  # noqa: E402
 from nestrank.errors import ConfigError  # noqa: E402
 from nestrank.models.matryoshka import MatryoshkaReranker  # noqa: E402
 from nestrank.models.tiny import byte_tokenizer, tiny_llama  # noqa: E402
-from nestrank.train.batches import holdout  # noqa: E402
+from nestrank.train.batches import ContrastiveBatch, holdout  # noqa: E402
 from nestrank.train.reranker import train_reranker  # noqa: E402
-from nestrank.train.validation import group_mrr, validation_batch  # noqa: E402
+from nestrank.train.validation import group_mrr, pool_table, validation_batch  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_group_mrr_counts_ties_against_the_positive():
     assert group_mrr(np.array([[3.0, 1.0, 2.0], [1.0, 2.0, 1.0], [0.0, 0.0, -1.0]])) == pytest.approx((1 + 1 / 3 + 1 / 2) / 3)
+
+
+def test_pool_table_keeps_one_column_per_passage_id_and_no_other_judged_positive():
+    from nestrank.data import Document
+
+    p, x, y, q = (Document(i, i) for i in "pxyq")
+    batch = ContrastiveBatch(["a", "b"], [p, x, y, q, x, p], [frozenset("pq"), frozenset("q")])
+    vectors = {"p": [1.0, 0.0], "x": [0.5, 0.5], "y": [0.0, 2.0], "q": [3.0, 1.0]}
+    passages = np.array([vectors[d.id] for d in batch.passages])
+    table = pool_table(np.array([[1.0, 0.0], [0.0, 1.0]]), passages, batch)
+    # a: p first, then x and y; q is another judged positive of a, so not a distractor
+    np.testing.assert_array_equal(table, [[1.0, 0.5, 0.0, -np.inf], [1.0, 0.0, 0.5, 2.0]])
+    assert group_mrr(table) == pytest.approx((1 + 1 / 2) / 2)
+
+
+def test_eval_pool_is_refused_for_rerankers(tmp_path):
+    from nestrank.train.config import config_from_dict
+
+    data = reranker_config((tmp_path / "tiny", make_groups(tmp_path / "g.jsonl", count=6, negatives=3)),
+                           tmp_path).to_dict()
+    data["train"]["eval_pool"] = True
+    with pytest.raises(ConfigError, match="train.eval_pool is for retrievers"):
+        config_from_dict(data).validate_reranker("r.toml")
 
 
 def test_validation_batch_is_the_first_held_out_groups_with_their_first_negatives(tmp_path):

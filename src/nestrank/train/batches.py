@@ -19,10 +19,15 @@ from nestrank.errors import ConfigError
 
 @dataclass(frozen=True)
 class ContrastiveBatch:
-    """One process's share of a contrastive batch: ``queries[i]`` owns ``passages[i*G:(i+1)*G]`` (positive first)."""
+    """One process's share of a contrastive batch: ``queries[i]`` owns ``passages[i*G:(i+1)*G]`` (positive first).
+
+    ``relevant`` (validation batches only): each query's judged positive ids, so a pooled validation
+    never counts another judged positive of the query as a distractor.
+    """
 
     queries: list[str]
     passages: list[Document]
+    relevant: list[frozenset[str]] | None = None
 
 
 def holdout(query_ids: Sequence[str], fraction: float, seed: int) -> set[str]:

@@ -10,7 +10,7 @@ and ``train.output_dir``::
     [train]   output_dir, batch_size, grad_accum_steps, gradcache_chunk_size, epochs,
               max_steps, learning_rate, weight_decay, warmup_ratio, max_grad_norm,
               temperature, seed, log_every, save_every, resume_from, threads,
-              eval_every, eval_queries, eval_group_size, eval_configs
+              eval_every, eval_queries, eval_group_size, eval_configs, eval_pool
     [reranker] kind, stage, init, teachers, student_depths, student_compress, students_per_step, exits,
               distill_from, distill_temperature, compensation_r, compensation_alpha, compensation_factors,
               compensation_teachers, compensation_heads (the reranker trainers only)
@@ -104,7 +104,8 @@ class OptimConfig:
     linearly to 0. ``save_every`` (0 = only at the end) writes ``checkpoint-STEP`` dirs.
     ``temperature`` 0: the trainer's default (retriever 0.01, rerankers 1.0). ``threads``: torch's
     threads (0 = its default). ``eval_every`` > 0 validates on held-out groups and keeps ``best/``
-    (:mod:`nestrank.train.validation`; ``eval_queries``, ``eval_group_size``, ``eval_configs``).
+    (:mod:`nestrank.train.validation`; ``eval_queries``, ``eval_group_size``, ``eval_configs``;
+    ``eval_pool``: retrievers rank each positive among every held-out passage instead of its group).
     """
 
     output_dir: str = ""
@@ -127,6 +128,7 @@ class OptimConfig:
     eval_queries: int = 0
     eval_group_size: int = 0
     eval_configs: list[str] = field(default_factory=list)
+    eval_pool: bool = False
 
 
 RERANKER_STAGES = ("contrastive", "distill", "compensate")
@@ -242,6 +244,9 @@ class TrainConfig:
 
         self.validate(where)
         r, m, lo = self.reranker, self.model, self.lora
+        if self.train.eval_pool:
+            raise ConfigError(f"{where}: train.eval_pool is for retrievers (a bi-encoder scores every held-out "
+                              "passage from one encoding; a reranker would score queries x passages) (fix: remove it)")
         if r.kind not in RERANKER_KINDS:
             raise ConfigError(f"{where}: reranker.kind must be one of {', '.join(RERANKER_KINDS)}, got {r.kind!r}")
         if r.kind == "pointwise":

@@ -36,6 +36,7 @@ from nestrank.train.checkpoint import is_sharded, load_adapter_weights
 from nestrank.train.config import TrainConfig
 from nestrank.train.gradcache import contrastive_backward
 from nestrank.train.loop import MicroLoss, Trainer, TrainResult
+from nestrank.train.validation import pool_table
 
 if TYPE_CHECKING:
     import numpy as np
@@ -165,11 +166,15 @@ class RetrieverTrainer(Trainer):
         return loss, {}
 
     def validation_scores(self, batch: ContrastiveBatch) -> dict[str, np.ndarray]:
-        """Each held-out query's similarity to the passages of its own group: ``{"": (queries, group)}``."""
+        """Each held-out query's similarity to the passages of its own group, ``{"": (queries, group)}``, or
+        with ``train.eval_pool`` to every passage of the batch, ``{"pool": (queries, pool)}`` (:func:`pool_table`)."""
         assert self.encoder is not None
         queries = self.encoder.encode_queries(batch.queries)
-        passages = self.encoder.encode_passages(batch.passages).reshape(len(batch.queries), -1, queries.shape[1])
-        return {"": (passages @ queries[:, :, None])[:, :, 0]}
+        passages = self.encoder.encode_passages(batch.passages)
+        if self.config.train.eval_pool:
+            return {"pool": pool_table(queries, passages, batch)}
+        grouped = passages.reshape(len(batch.queries), -1, queries.shape[1])
+        return {"": (grouped @ queries[:, :, None])[:, :, 0]}
 
     def summarize(self, losses: list[MicroLoss]) -> tuple[float, dict[str, Any]]:
         """The mean over micro-batches: each is already the loss of the global batch (embeddings are gathered)."""
