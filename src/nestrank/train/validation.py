@@ -61,18 +61,17 @@ def pool_table(queries: np.ndarray, passages: np.ndarray, batch: ContrastiveBatc
     A query's other judged positives (``batch.relevant``) are not distractors: their cells are ``-inf``.
     """
     size = len(batch.passages) // len(batch.queries)
-    first: dict[str, int] = {}
+    first: dict[str, int] = {}  # passage id -> its first row in ``passages``, in batch order
     for i, doc in enumerate(batch.passages):
         first.setdefault(doc.id, i)
-    pool = sorted(first.values())
-    column = {i: c for c, i in enumerate(pool)}
-    scores = queries @ passages[pool].T
+    ids = list(first)
+    scores = queries @ passages[list(first.values())].T
     relevant = batch.relevant or [frozenset() for _ in batch.queries]
-    table = np.full((len(batch.queries), len(pool)), -np.inf, dtype=np.float64)
+    table = np.full((len(batch.queries), len(ids)), -np.inf, dtype=np.float64)
     for q, judged in enumerate(relevant):
-        own = column[first[batch.passages[q * size].id]]
+        own = ids.index(batch.passages[q * size].id)
         table[q, 0] = scores[q, own]
-        others = [c for c, i in enumerate(pool) if c != own and batch.passages[i].id not in judged]
+        others = [c for c, doc_id in enumerate(ids) if c != own and doc_id not in judged]
         table[q, 1:1 + len(others)] = scores[q, others]
     return table
 
