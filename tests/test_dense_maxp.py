@@ -341,3 +341,22 @@ def test_ray_engine_encodes_maxp_as_the_local_engine_does(tmp_path, tiny_model):
         ray.shutdown()
     assert remote["passage_tokens"] == local["passage_tokens"] == 8 and remote["stride"] == 3
     assert remote["shards"] == local["shards"] and Embeddings(tmp_path / "ray").num_vectors > 12
+
+
+def test_pipeline_refuses_an_encoder_retrained_since_its_index_was_built(tmp_path, tiny_beir):
+    """The pipeline names its query encoder; an index encoded by other weights at that path is refused, not searched."""
+    from helpers import save_word_llama
+
+    from nestrank.data import Dataset
+    from nestrank.errors import ArtifactError
+    from nestrank.pipeline import FirstStage, FirstStageSection
+
+    dataset = Dataset.open(tiny_beir)
+    encoder = save_word_llama(tmp_path / "encoder", seed=0)
+    section = FirstStageSection(method="dense", index=str(tmp_path / "idx"), encoder=str(encoder), k=5)
+    before = FirstStage.open(section, dataset.corpus).search(dataset.queries)
+    save_word_llama(encoder, seed=1)  # retrained in place: the index still holds the seed-0 encoder's documents
+    with pytest.raises(ArtifactError, match=r"first_stage.encoder .*encoder is not the model .* encoded with"):
+        FirstStage.open(section, dataset.corpus)
+    save_word_llama(encoder, seed=0)
+    assert FirstStage.open(section, dataset.corpus).search(dataset.queries).to_dict() == before.to_dict()

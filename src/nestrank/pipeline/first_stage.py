@@ -5,7 +5,8 @@ does not exist yet it is built there from the corpus (BM25 in about a second; de
 hybrid indexes encode the corpus first into ``INDEX.emb``, kept so a re-run resumes), so the
 first run of a pipeline builds its index and later runs reuse it. ``doc_mode``, ``stride`` and
 ``passage_tokens`` say how the dense part encodes long documents: they are used to build the
-index, and an existing index encoded otherwise is refused. A hybrid index also serves
+index, and an existing index encoded otherwise is refused, as is one whose documents were encoded
+by other weights than ``encoder``'s (e.g. an encoder retrained in place since). A hybrid index also serves
 ``method = "bm25"`` or ``"dense"`` (its sub-indexes), and the pipeline fuses the two runs
 itself, with the file's fusion method, weights and depth.
 """
@@ -68,6 +69,8 @@ class FirstStage:
         built = _method_of(index)
         if method != "bm25":
             _check_segmentation(section, path, index)
+            if section.encoder is not None:  # the documents must have been encoded by these weights
+                getattr(index, "dense", index).check_encoder(section.encoder, "first_stage.encoder")
         encoder = _encoder(section)
         if built == method:
             parts = {"bm25": {"bm25": index}, "dense": {"dense": index},

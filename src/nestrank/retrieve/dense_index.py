@@ -31,7 +31,7 @@ import numpy as np
 from nestrank.checks import check_corpus_arg, check_k, check_text_mapping
 from nestrank.data import Corpus, Run
 from nestrank.errors import ArtifactError, ConfigError
-from nestrank.integrity import ids_fingerprint, model_fingerprint, reading, write_checksums
+from nestrank.integrity import ids_fingerprint, reading, write_checksums
 from nestrank.retrieve.config import IndexConfig
 from nestrank.retrieve.embeddings import DOC_FIELDS, Embeddings
 from nestrank.retrieve.encode import PassageEncoder
@@ -318,17 +318,28 @@ class DenseIndex(CorpusCheck):
             if not spec.get("model"):
                 raise ConfigError(f"{self.path / MANIFEST} records no encoder model; pass encoder= to search()")
             from nestrank.models.dense import DenseEncoder
-            from nestrank.models.presets import local_path
 
-            now = model_fingerprint(local_path(spec["model"]))
-            if spec.get("fingerprint") and now and now != spec["fingerprint"]:
-                raise ArtifactError(self.path / MANIFEST, None, f"the encoder {spec['model']} changed since the "
-                                    "documents were encoded: queries would be encoded by another model",
-                                    "encode the corpus again and rebuild the index, or pass encoder= (the model "
-                                    "the index was built with) to search()")
-
+            self.check_encoder(spec["model"], "the recorded encoder")
             self._encoder = DenseEncoder.from_pretrained(spec["model"], preset=spec.get("preset"))
         return self._encoder
+
+    def check_encoder(self, model: str | Path, what: str = "the encoder") -> None:
+        """Refuse ``model`` (a preset, file or directory) when its weight files on this machine are not those the
+        documents were encoded with (the fingerprint the embeddings recorded; nothing to check without one).
+
+        Raises:
+            ArtifactError: the files differ, e.g. the encoder was retrained in place after the index was built.
+        """
+        from nestrank.models.settings import local_fingerprint
+
+        recorded = self.encoder_spec.get("fingerprint")
+        now = local_fingerprint(model)
+        if recorded and now and now != recorded:
+            raise ArtifactError(self.path / MANIFEST, None, f"{what} {model} is not the model the documents were "
+                                f"encoded with (recorded: {self.encoder_spec.get('model')}; the weight files differ, "
+                                "e.g. retrained since): queries would be encoded by another model",
+                                "rebuild the index (delete it, or encode the corpus again with this model), or "
+                                "query it with the model it was built with")
 
     def search(self, queries: Mapping[str, str], k: int = 100, *, encoder: PassageEncoder | None = None,
                ef_search: int | None = None, nprobe: int | None = None, threads: int = 0) -> Run:
