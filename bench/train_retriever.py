@@ -70,11 +70,16 @@ def bm25_runs(ds: Dataset, out: Path, splits: dict[str, Queries]) -> dict[str, R
                        built_from={"method": "bm25", "corpus_ids_sha256": ids_fingerprint(ds.corpus.ids)})
 
 
-def dense_run(encoder, corpus: Corpus, emb_dir: Path, queries: Queries, name: str) -> tuple[Run, float]:
-    """Encode ``corpus`` (resumable, under ``emb_dir``) and ``queries``; exact top 100. Returns the run and docs/s."""
+def dense_run(encoder, corpus: Corpus, emb_dir: Path, queries: Queries, model: str) -> tuple[Run, float]:
+    """Encode ``corpus`` (resumable, under ``emb_dir``) and ``queries``; exact top 100. Returns the run and docs/s.
+
+    ``model`` (a preset or the checkpoint directory) is recorded with its fingerprint, so embeddings left by an
+    earlier run are refused if the checkpoint was trained again, and ``nestrank index --embeddings`` builds an
+    index that ``nestrank search`` and the pipeline can query with it.
+    """
     start = time.perf_counter()
     fresh = not (emb_dir / "manifest.json").is_file()
-    encode_corpus(corpus, encoder, emb_dir, model=name, preset="repllama", progress=True)
+    encode_corpus(corpus, encoder, emb_dir, model=model, preset="repllama", progress=True)
     elapsed = time.perf_counter() - start
     doc_ids, doc_vectors = Embeddings(emb_dir).load_all()
     qids = list(queries)
@@ -228,7 +233,8 @@ def main() -> None:
         encoder = make()
         encoder.show_progress = False
         all_queries = Queries({qid: text for queries, _ in eval_sets.values() for qid, text in queries.items()})
-        run, docs_per_s = dense_run(encoder, corpus, emb_dir(name), all_queries, name)
+        model = str(ckpt) if name == "trained" else config.model.backbone
+        run, docs_per_s = dense_run(encoder, corpus, emb_dir(name), all_queries, model)
         for split, (queries, qrels) in eval_sets.items():
             scores = evaluate(Run({q: run[q] for q in queries}), qrels, "ndcg@10,recall@100")
             prefix = name if split == "test" else f"validation.{name}"
